@@ -1,0 +1,1 @@
+"""CoReS Label Studio ML backend."""

@@ -1,0 +1,305 @@
+"""``CoresPipeline``: image in, query in, every chain level's mask out.
+
+``set_image`` runs the two image encoders once (SAM ViT and CLIP) and caches their outputs by content hash;
+``segment`` runs the language model and SAM's decoder per query. Two modes:
+
+* ``answer`` (default): one forward pass over the prompt with the fixed chain answer (CoReS's evaluation
+  protocol); deterministic, no decode loop.
+* ``generate``: greedy KV-cached generation; the chain text is the model's own, masks come from the hidden
+  states that emitted the chain tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cores.checkpoint import LoadedCheckpoint, load_checkpoint
+from cores.devices import resolve_device, resolve_dtype
+from cores.errors import ChainError, ImageError, QueryError
+from cores.model import AllowedTokensFn
+from cores.prompts import build_prompt, chain_answer, looks_like_sentence, style_for_chain
+from cores.result import ChainResult, LevelResult, split_levels
+from cores.sam import SamInput, prepare_sam_input, upscale_logits
+from cores.tokenizer import tokenize_prompt
+from cores.vision import clip_pixels
+
+logger = logging.getLogger(__name__)
+
+MODES = ("answer", "generate")
+MAX_QUERY_CHARS = 2000
+
+
+@dataclass
+class ImageState:
+    """Per-image work shared by every query: SAM embedding 1xCxGxG, projected CLIP tokens PxH."""
+
+    key: str
+    sam_input: SamInput
+    sam_embedding: torch.Tensor
+    clip_tokens: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.sam_embedding, self.clip_tokens, self.sam_input.pixels)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB, EXIF orientation applied.
+
+    Raises:
+        ImageError: missing or undecodable file.
+    """
+    try:
+        with Image.open(path) as img:
+            return np.array(ImageOps.exif_transpose(img).convert("RGB"))
+    except FileNotFoundError as exc:
+        raise ImageError(f"image {path} does not exist") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError(f"cannot decode image {path}: {exc}") from exc
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        found = (getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__))
+        raise ImageError(f"expected an HxWx3 uint8 RGB array, found shape/dtype {found}")
+    if min(image.shape[:2]) < 1:
+        raise ImageError(f"image has no pixels: shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def image_key(image: np.ndarray) -> str:
+    """Content hash of an image array (shape + pixels)."""
+    digest = hashlib.sha256(str(image.shape).encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+class CoresPipeline:
+    """Segment by reasoning: ``pipe.segment(image, "what would you cut the bread with?")``.
+
+    Args:
+        checkpoint: a loaded checkpoint (see :meth:`from_pretrained`).
+        cache_bytes: memory bound of the per-image cache (SAM embedding + CLIP tokens).
+        max_new_tokens: generation budget in ``generate`` mode.
+    """
+
+    def __init__(
+        self, checkpoint: LoadedCheckpoint, *, cache_bytes: int = 2 * 2**30, max_new_tokens: int = 64
+    ):
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model
+        self.tokenizer = checkpoint.tokenizer
+        self.chain_tokens = checkpoint.model.chain_tokens
+        self.style = style_for_chain(self.chain_tokens)
+        self.answer = chain_answer(self.chain_tokens)
+        self.max_new_tokens = max_new_tokens
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[str, ImageState] = OrderedDict()
+        self._img_size = self.model.sam.image_encoder.img_size
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | Path,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        vision_tower: str | None = None,
+        **kwargs: int,
+    ) -> CoresPipeline:
+        """Load a checkpoint folder or hub id (see :func:`cores.checkpoint.load_checkpoint`)."""
+        dev = resolve_device(device)
+        loaded = load_checkpoint(
+            checkpoint, device=dev, dtype=resolve_dtype(dtype, dev), vision_tower=vision_tower
+        )
+        return cls(loaded, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # --- images -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray) -> ImageState:
+        """Encode an HxWx3 uint8 RGB image with SAM and CLIP, or return the cached encodings."""
+        image = _check_image(image)
+        key = image_key(image)
+        state = self._cache.get(key)
+        if state is not None:
+            self._cache.move_to_end(key)
+            return state
+        sam_input = prepare_sam_input(image, self._img_size)
+        sam_embedding = self.model.encode_sam(sam_input.pixels)
+        clip_tokens = self.model.encode_clip(clip_pixels(self.checkpoint.image_processor, image))[0]
+        state = ImageState(key=key, sam_input=sam_input, sam_embedding=sam_embedding, clip_tokens=clip_tokens)
+        self._cache[key] = state
+        while len(self._cache) > 1 and sum(s.nbytes for s in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+        return state
+
+    def clear_cache(self) -> None:
+        """Forget every cached image encoding."""
+        self._cache.clear()
+
+    # --- queries ------------------------------------------------------------------------------------
+    def prompt_ids(self, query: str, *, is_sentence: bool | None, with_answer: bool) -> torch.Tensor:
+        """Token ids of the full prompt for ``query`` (one image slot).
+
+        Raises:
+            QueryError: empty query, or a prompt that does not fit the language model's context.
+        """
+        text = " ".join(str(query).split())
+        if not text:
+            raise QueryError("the query is empty; type what to segment")
+        if len(text) > MAX_QUERY_CHARS:
+            raise QueryError(f"the query has {len(text)} characters; at most {MAX_QUERY_CHARS} are accepted")
+        sentence = looks_like_sentence(text) if is_sentence is None else is_sentence
+        prompt = build_prompt(
+            text,
+            is_sentence=sentence,
+            style=self.style,
+            answer=self.answer if with_answer else None,
+            eos=self.tokenizer.eos_token,
+        )
+        ids = tokenize_prompt(self.tokenizer, prompt)
+        limit = self.model.llm.config.max_position_embeddings
+        image_tokens = self._image_token_count()
+        total = len(ids) - 1 + image_tokens + (0 if with_answer else self.max_new_tokens)
+        if total > limit:
+            raise QueryError(
+                f"the query is too long: the prompt needs {total} positions with the image "
+                f"({image_tokens} tokens), the model's context holds {limit}"
+            )
+        return torch.tensor(ids, dtype=torch.long)
+
+    def _image_token_count(self) -> int:
+        cfg = self.model.vision_tower.config
+        side = cast(int, cfg.image_size) // cast(int, cfg.patch_size)
+        return side * side
+
+    @torch.no_grad()
+    def segment(
+        self,
+        image: np.ndarray,
+        query: str,
+        *,
+        is_sentence: bool | None = None,
+        mode: str = "answer",
+        allowed_tokens: AllowedTokensFn | None = None,
+    ) -> ChainResult:
+        """Every chain level's mask for one query on one image.
+
+        Args:
+            image: HxWx3 uint8 RGB.
+            query: free-form text; ``is_sentence`` picks the template (None: guessed).
+            mode: ``answer`` (one teacher-forced pass) or ``generate`` (greedy decoding).
+            allowed_tokens: optional constraint on generated tokens (``generate`` only).
+
+        Raises:
+            ImageError, QueryError, ChainError; ValueError for an unknown mode.
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if mode == "answer":
+            return self.segment_batch([(image, query, is_sentence)])[0]
+        start = time.perf_counter()
+        state, hit = self._encode_timed(image)
+        encoded = time.perf_counter()
+        ids = self.prompt_ids(query, is_sentence=is_sentence, with_answer=False)
+        embeds, _ = self.model.embed_sequence(ids, state.clip_tokens)
+        gen = self.model.generate_chain(
+            embeds,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=int(self.tokenizer.eos_token_id),
+            allowed_tokens=allowed_tokens,
+        )
+        text = self._decode_text(gen.token_ids)
+        if gen.emitted() != list(self.model.chain_token_ids):
+            produced = self.tokenizer.convert_ids_to_tokens(gen.emitted())
+            raise ChainError(
+                f"the model's answer has chain tokens {produced}, expected {list(self.chain_tokens)} "
+                f"once each in order; it answered: {text!r}"
+            )
+        llm_done = time.perf_counter()
+        result = self._masks(state, gen.chain_states.unsqueeze(0), [query], [text], "generate")[0]
+        result.timings.update(self._timings(start, encoded, llm_done, hit))
+        return result
+
+    @torch.no_grad()
+    def segment_batch(self, items: Sequence[tuple[np.ndarray, str, bool | None]]) -> list[ChainResult]:
+        """``answer`` mode for many (image, query, is_sentence) items: one language-model pass for all."""
+        start = time.perf_counter()
+        states, hits = [], 0
+        for image, _, _ in items:
+            state, hit = self._encode_timed(image)
+            states.append(state)
+            hits += hit
+        encoded = time.perf_counter()
+        embeds, expanded = [], []
+        for (_, query, is_sentence), state in zip(items, states, strict=True):
+            ids = self.prompt_ids(query, is_sentence=is_sentence, with_answer=True)
+            e, x = self.model.embed_sequence(ids, state.clip_tokens)
+            embeds.append(e)
+            expanded.append(x)
+        hidden = self.model.hidden_states(embeds)
+        chain_states = [self.model.select_chain_states(h, x) for h, x in zip(hidden, expanded, strict=True)]
+        llm_done = time.perf_counter()
+        results = []
+        for (_, query, _), state, cs in zip(items, states, chain_states, strict=True):
+            result = self._masks(state, cs.unsqueeze(0), [query], [self.answer], "answer")[0]
+            result.timings.update(self._timings(start, encoded, llm_done, hits == len(items)))
+            results.append(result)
+        return results
+
+    # --- helpers ------------------------------------------------------------------------------------
+    def _encode_timed(self, image: np.ndarray) -> tuple[ImageState, bool]:
+        hit = image_key(_check_image(image)) in self._cache
+        return self.set_image(image), hit
+
+    def _masks(
+        self, state: ImageState, chain_states: torch.Tensor, queries: list[str], texts: list[str], mode: str
+    ) -> list[ChainResult]:
+        """BxNxH chain states on one image -> B results with full-size masks."""
+        started = time.perf_counter()
+        prompts = self.model.seg_embeddings(chain_states)
+        low_res, scores = self.model.decode_chain(state.sam_embedding, prompts)
+        results = []
+        for b, (query, text) in enumerate(zip(queries, texts, strict=True)):
+            logits = upscale_logits(self.model.sam, low_res[b].unsqueeze(1), state.sam_input)
+            masks = (logits[:, 0] > 0).cpu().numpy()
+            pieces = split_levels(text, self.chain_tokens)
+            levels = [
+                LevelResult(index=k + 1, token=tok, mask=masks[k], score=float(scores[b, k]), text=pieces[k])
+                for k, tok in enumerate(self.chain_tokens)
+            ]
+            result = ChainResult(query=query, levels=levels, text=text, mode=mode)
+            result.timings["masks"] = (time.perf_counter() - started) * 1000
+            results.append(result)
+        return results
+
+    def _decode_text(self, ids: list[int]) -> str:
+        text = str(self.tokenizer.decode(ids, skip_special_tokens=False))
+        text = text.replace(str(self.tokenizer.eos_token), "")
+        return re.sub(r"\s+([.,;:!?])", r"\1", " ".join(text.split()))
+
+    @staticmethod
+    def _timings(start: float, encoded: float, llm_done: float, hit: bool) -> dict[str, float]:
+        return {
+            "encode_images": (encoded - start) * 1000,
+            "language_model": (llm_done - encoded) * 1000,
+            "total": (time.perf_counter() - start) * 1000,
+            "image_cache_hit": float(hit),
+        }

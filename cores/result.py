@@ -1,0 +1,85 @@
+"""What one query returns: every level of the chain with its mask, score and text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class LevelResult:
+    """One level of the chain.
+
+    Attributes:
+        index: 1-based level (1: where the target usually is; last: the target).
+        token: the chain token that produced it (``[SEG_SEMA]``, ``[SEG]``).
+        mask: HxW bool mask at the original image size.
+        score: SAM's predicted IoU for the mask.
+        text: the part of the chain text that ends with this level's token.
+    """
+
+    index: int
+    token: str
+    mask: np.ndarray
+    score: float
+    text: str
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe description without the mask (area in pixels instead)."""
+        return {
+            "level": self.index,
+            "token": self.token,
+            "score": self.score,
+            "text": self.text,
+            "area": int(self.mask.sum()),
+            "height": int(self.mask.shape[0]),
+            "width": int(self.mask.shape[1]),
+        }
+
+
+@dataclass
+class ChainResult:
+    """All levels for one (image, query), the full chain text, and timings in milliseconds."""
+
+    query: str
+    levels: list[LevelResult]
+    text: str
+    mode: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def final(self) -> LevelResult:
+        """The last level: the answer to the query."""
+        return self.levels[-1]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe summary (levels without masks, text, timings)."""
+        return {
+            "query": self.query,
+            "mode": self.mode,
+            "text": self.text,
+            "levels": [level.summary() for level in self.levels],
+            "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+def split_levels(text: str, chain_tokens: tuple[str, ...]) -> list[str]:
+    """Cut the chain text after each chain token (and the punctuation glued to it), one piece per level.
+
+    ``"It usually appears on [SEG_SEMA]. It is [SEG]."`` -> ``["It usually appears on [SEG_SEMA].",
+    "It is [SEG]."]``. A token missing from the text gives an empty piece.
+    """
+    pieces, cursor = [], 0
+    for token in chain_tokens:
+        at = text.find(token, cursor)
+        if at < 0:
+            pieces.append("")
+            continue
+        end = at + len(token)
+        while end < len(text) and not text[end].isspace() and text.startswith((".", ",", ";", "!", "?"), end):
+            end += 1
+        pieces.append(" ".join(text[cursor:end].split()))
+        cursor = end
+    return pieces
