@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from segment_anything.modeling import Sam
 from torch import nn
 from transformers import CLIPVisionModel, DynamicCache, LlamaForCausalLM
+from transformers.cache_utils import DynamicLayer
 
 from cores.errors import ChainError
 from cores.refiner import TokenRefiner
@@ -38,6 +40,22 @@ def build_seg_head(hidden_size: int, out_dim: int) -> nn.ModuleList:
             )
         ]
     )
+
+
+@dataclass
+class PrefixCache:
+    """Keys/values of a prompt prefix shared by every query (system prompt, in-context example, ...).
+
+    ``keys``/``values``: one 1xHeadsxPxD tensor per layer; ``ids``: the P prefix token ids.
+    """
+
+    ids: tuple[int, ...]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
 
 
 @dataclass
@@ -138,15 +156,45 @@ class CoresModel(nn.Module):
         image_ids = ids.new_full((image_tokens.shape[0],), IMAGE_TOKEN_ID)
         return embeds, torch.cat([ids[:slot], image_ids, ids[slot + 1 :]])
 
-    def hidden_states(self, embeds: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    @torch.no_grad()
+    def prefix_cache(self, ids: torch.Tensor) -> PrefixCache:
+        """Run the language model over prefix token ids (P, no image slot) once and keep its keys/values."""
+        cache = DynamicCache(config=self.llm.config)
+        self.llm.model(input_ids=ids.to(self.device).unsqueeze(0), cache=cache, use_cache=True)
+        layers = [cast(DynamicLayer, layer) for layer in cache.layers]
+        return PrefixCache(
+            ids=tuple(int(i) for i in ids),
+            keys=[cast(torch.Tensor, layer.keys) for layer in layers],
+            values=[cast(torch.Tensor, layer.values) for layer in layers],
+        )
+
+    def _cache_from(self, prefix: PrefixCache | None, batch: int) -> DynamicCache | None:
+        if prefix is None:
+            return None
+        cache = DynamicCache(config=self.llm.config)
+        for layer, (k, v) in enumerate(zip(prefix.keys, prefix.values, strict=True)):
+            cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), layer)
+        return cache
+
+    def hidden_states(
+        self, embeds: Sequence[torch.Tensor], prefix: PrefixCache | None = None
+    ) -> list[torch.Tensor]:
         """One forward pass over a batch of embedded sequences (right-padded) -> per sequence TxH
-        last-layer post-norm hidden states."""
+        last-layer post-norm hidden states.
+
+        With ``prefix`` the sequences continue a cached prefix (their positions start at its length); the
+        returned states cover the sequences only.
+        """
         lengths = [int(e.shape[0]) for e in embeds]
         batch = torch.nn.utils.rnn.pad_sequence(list(embeds), batch_first=True)
-        mask = torch.zeros(batch.shape[:2], dtype=torch.long, device=batch.device)
+        past = prefix.length if prefix is not None else 0
+        mask = torch.zeros((batch.shape[0], past + batch.shape[1]), dtype=torch.long, device=batch.device)
         for row, length in enumerate(lengths):
-            mask[row, :length] = 1
-        out = self.llm.model(inputs_embeds=batch, attention_mask=mask, use_cache=False)
+            mask[row, : past + length] = 1
+        cache = self._cache_from(prefix, batch.shape[0])
+        out = self.llm.model(
+            inputs_embeds=batch, attention_mask=mask, cache=cache, use_cache=cache is not None
+        )
         return [out.last_hidden_state[row, :length] for row, length in enumerate(lengths)]
 
     def select_chain_states(self, hidden: torch.Tensor, expanded_ids: torch.Tensor) -> torch.Tensor:
@@ -179,14 +227,16 @@ class CoresModel(nn.Module):
         max_new_tokens: int,
         eos_token_id: int,
         allowed_tokens: AllowedTokensFn | None = None,
+        prefix: PrefixCache | None = None,
     ) -> Generation:
         """Greedy, KV-cached generation from a TxH embedded prompt.
 
         The hidden state that predicts a chain token is the state at the position before it, so it is
         recorded when the chain token is emitted (the released convention, without a second pass).
-        Check the chain with :meth:`Generation.emitted` before using ``chain_states``.
+        Check the chain with :meth:`Generation.emitted` before using ``chain_states``. With ``prefix``,
+        ``embeds`` continue the cached prefix.
         """
-        cache = DynamicCache(config=self.llm.config)
+        cache = self._cache_from(prefix, 1) or DynamicCache(config=self.llm.config)
         out = self.llm.model(inputs_embeds=embeds.unsqueeze(0), cache=cache, use_cache=True)
         last = out.last_hidden_state[0, -1]
         generated: list[int] = []

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,11 +28,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cores.checkpoint import LoadedCheckpoint, load_checkpoint
 from cores.devices import resolve_device, resolve_dtype
 from cores.errors import ChainError, ImageError, QueryError
-from cores.model import AllowedTokensFn
+from cores.model import AllowedTokensFn, PrefixCache
 from cores.prompts import build_prompt, chain_answer, looks_like_sentence, style_for_chain
 from cores.result import ChainResult, LevelResult, split_levels
-from cores.sam import SamInput, prepare_sam_input, upscale_logits
-from cores.tokenizer import tokenize_prompt
+from cores.sam import SamInput, prepare_sam_input, sam_batch, upscale_logits
+from cores.sam_attention import use_sdpa
+from cores.tokenizer import IMAGE_TOKEN_ID, tokenize_prompt
 from cores.vision import clip_pixels
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class ImageState:
 
     @property
     def nbytes(self) -> int:
-        tensors = (self.sam_embedding, self.clip_tokens, self.sam_input.pixels)
+        tensors = (self.sam_embedding, self.clip_tokens)
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -92,12 +93,21 @@ class CoresPipeline:
 
     Args:
         checkpoint: a loaded checkpoint (see :meth:`from_pretrained`).
-        cache_bytes: memory bound of the per-image cache (SAM embedding + CLIP tokens).
+        cache_bytes: memory bound of the per-image cache (SAM embedding + CLIP tokens); 0 disables it.
         max_new_tokens: generation budget in ``generate`` mode.
+        prefix_cache: reuse the keys/values of the prompt part before the image (system prompt and
+            in-context example) across queries.
+        sam_sdpa: run SAM's image-encoder attention through ``scaled_dot_product_attention``.
     """
 
     def __init__(
-        self, checkpoint: LoadedCheckpoint, *, cache_bytes: int = 2 * 2**30, max_new_tokens: int = 64
+        self,
+        checkpoint: LoadedCheckpoint,
+        *,
+        cache_bytes: int = 2 * 2**30,
+        max_new_tokens: int = 64,
+        prefix_cache: bool = True,
+        sam_sdpa: bool = True,
     ):
         self.checkpoint = checkpoint
         self.model = checkpoint.model
@@ -109,6 +119,9 @@ class CoresPipeline:
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[str, ImageState] = OrderedDict()
         self._img_size = self.model.sam.image_encoder.img_size
+        self.use_prefix_cache = prefix_cache
+        self._prefix: PrefixCache | None = None
+        use_sdpa(self.model.sam, sam_sdpa)
 
     @classmethod
     def from_pretrained(
@@ -118,7 +131,7 @@ class CoresPipeline:
         device: str | None = None,
         dtype: str | None = None,
         vision_tower: str | None = None,
-        **kwargs: int,
+        **kwargs: Any,
     ) -> CoresPipeline:
         """Load a checkpoint folder or hub id (see :func:`cores.checkpoint.load_checkpoint`)."""
         dev = resolve_device(device)
@@ -132,23 +145,41 @@ class CoresPipeline:
         return self.model.device
 
     # --- images -------------------------------------------------------------------------------------
-    @torch.no_grad()
     def set_image(self, image: np.ndarray) -> ImageState:
         """Encode an HxWx3 uint8 RGB image with SAM and CLIP, or return the cached encodings."""
-        image = _check_image(image)
-        key = image_key(image)
-        state = self._cache.get(key)
-        if state is not None:
-            self._cache.move_to_end(key)
-            return state
-        sam_input = prepare_sam_input(image, self._img_size)
-        sam_embedding = self.model.encode_sam(sam_input.pixels)
-        clip_tokens = self.model.encode_clip(clip_pixels(self.checkpoint.image_processor, image))[0]
-        state = ImageState(key=key, sam_input=sam_input, sam_embedding=sam_embedding, clip_tokens=clip_tokens)
-        self._cache[key] = state
+        return self.set_images([image])[0]
+
+    def set_images(self, images: Sequence[np.ndarray]) -> list[ImageState]:
+        """Encode several images; the ones not in the cache go through each encoder as one batch."""
+        return self._encode(images)[0]
+
+    @torch.no_grad()
+    def _encode(self, images: Sequence[np.ndarray]) -> tuple[list[ImageState], int]:
+        """(states, number of cache hits)."""
+        checked = [_check_image(image) for image in images]
+        keys = [image_key(image) for image in checked]
+        fresh: dict[str, np.ndarray] = {}
+        for key, image in zip(keys, checked, strict=True):
+            if key not in self._cache:
+                fresh.setdefault(key, image)
+        encoded: dict[str, ImageState] = {}
+        if fresh:
+            sam_inputs = [prepare_sam_input(image, self._img_size) for image in fresh.values()]
+            sam = self.model.encode_sam(sam_batch(sam_inputs, self._img_size, self.device))
+            pixels = torch.cat([clip_pixels(self.checkpoint.image_processor, im) for im in fresh.values()])
+            clip = self.model.encode_clip(pixels)
+            for i, (key, prepared) in enumerate(zip(fresh, sam_inputs, strict=True)):
+                encoded[key] = ImageState(key, prepared.sizes_only(), sam[i : i + 1], clip[i])
+        states = []
+        for key in keys:
+            state = encoded.get(key) or self._cache[key]
+            states.append(state)
+            if self.cache_bytes > 0:
+                self._cache[key] = state
+                self._cache.move_to_end(key)
         while len(self._cache) > 1 and sum(s.nbytes for s in self._cache.values()) > self.cache_bytes:
             self._cache.popitem(last=False)
-        return state
+        return states, len(keys) - sum(key in fresh for key in keys)
 
     def clear_cache(self) -> None:
         """Forget every cached image encoding."""
@@ -216,15 +247,18 @@ class CoresPipeline:
         if mode == "answer":
             return self.segment_batch([(image, query, is_sentence)])[0]
         start = time.perf_counter()
-        state, hit = self._encode_timed(image)
+        encodings, hit = self._encode([image])
+        state = encodings[0]
         encoded = time.perf_counter()
-        ids = self.prompt_ids(query, is_sentence=is_sentence, with_answer=False)
-        embeds, _ = self.model.embed_sequence(ids, state.clip_tokens)
+        full_ids = self.prompt_ids(query, is_sentence=is_sentence, with_answer=False)
+        prefix, suffixes = self._split_prefix([full_ids])
+        embeds, _ = self.model.embed_sequence(suffixes[0], state.clip_tokens)
         gen = self.model.generate_chain(
             embeds,
             max_new_tokens=self.max_new_tokens,
             eos_token_id=int(self.tokenizer.eos_token_id),
             allowed_tokens=allowed_tokens,
+            prefix=prefix,
         )
         text = self._decode_text(gen.token_ids)
         if gen.emitted() != list(self.model.chain_token_ids):
@@ -242,19 +276,16 @@ class CoresPipeline:
     def segment_batch(self, items: Sequence[tuple[np.ndarray, str, bool | None]]) -> list[ChainResult]:
         """``answer`` mode for many (image, query, is_sentence) items: one language-model pass for all."""
         start = time.perf_counter()
-        states, hits = [], 0
-        for image, _, _ in items:
-            state, hit = self._encode_timed(image)
-            states.append(state)
-            hits += hit
+        states, hits = self._encode([image for image, _, _ in items])
         encoded = time.perf_counter()
+        all_ids = [self.prompt_ids(q, is_sentence=s, with_answer=True) for _, q, s in items]
+        prefix, all_ids = self._split_prefix(all_ids)
         embeds, expanded = [], []
-        for (_, query, is_sentence), state in zip(items, states, strict=True):
-            ids = self.prompt_ids(query, is_sentence=is_sentence, with_answer=True)
+        for ids, state in zip(all_ids, states, strict=True):
             e, x = self.model.embed_sequence(ids, state.clip_tokens)
             embeds.append(e)
             expanded.append(x)
-        hidden = self.model.hidden_states(embeds)
+        hidden = self.model.hidden_states(embeds, prefix)
         chain_states = [self.model.select_chain_states(h, x) for h, x in zip(hidden, expanded, strict=True)]
         llm_done = time.perf_counter()
         results = []
@@ -265,9 +296,21 @@ class CoresPipeline:
         return results
 
     # --- helpers ------------------------------------------------------------------------------------
-    def _encode_timed(self, image: np.ndarray) -> tuple[ImageState, bool]:
-        hit = image_key(_check_image(image)) in self._cache
-        return self.set_image(image), hit
+    def _split_prefix(self, all_ids: list[torch.Tensor]) -> tuple[PrefixCache | None, list[torch.Tensor]]:
+        """Cut the shared part before the image slot off every prompt and return its (cached) keys/values.
+
+        The text before ``<image>`` is tokenised on its own (LLaVA's rule), so it is the same token ids for
+        every query of a prompt style; a prompt whose prefix differs is an invariant violation.
+        """
+        if not self.use_prefix_cache:
+            return None, all_ids
+        slot = int((all_ids[0] == IMAGE_TOKEN_ID).nonzero()[0])
+        prefix_ids = all_ids[0][:slot]
+        for ids in all_ids:
+            assert torch.equal(ids[:slot], prefix_ids), "prompts of one style share their prefix"
+        if self._prefix is None or self._prefix.ids != tuple(prefix_ids.tolist()):
+            self._prefix = self.model.prefix_cache(prefix_ids)
+        return self._prefix, [ids[slot:] for ids in all_ids]
 
     def _masks(
         self, state: ImageState, chain_states: torch.Tensor, queries: list[str], texts: list[str], mode: str
@@ -296,7 +339,7 @@ class CoresPipeline:
         return re.sub(r"\s+([.,;:!?])", r"\1", " ".join(text.split()))
 
     @staticmethod
-    def _timings(start: float, encoded: float, llm_done: float, hit: bool) -> dict[str, float]:
+    def _timings(start: float, encoded: float, llm_done: float, hit: bool | int) -> dict[str, float]:
         return {
             "encode_images": (encoded - start) * 1000,
             "language_model": (llm_done - encoded) * 1000,

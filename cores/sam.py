@@ -16,7 +16,6 @@ from functools import partial
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -190,23 +189,37 @@ def reset_sam_buffers(sam: Sam, device: torch.device) -> None:
 
 @dataclass(frozen=True)
 class SamInput:
-    """One image prepared for SAM: ``pixels`` 1x3xSxS float32 (normalised, padded bottom/right),
-    ``input_size`` (h, w) after the longest-side resize, ``original_size`` (H, W)."""
+    """One image resized for SAM: ``pixels`` 3xhxw uint8 after the longest-side resize (normalisation and
+    padding happen on the model's device, see :func:`sam_batch`), ``input_size`` (h, w), ``original_size``
+    (H, W)."""
 
     pixels: torch.Tensor
     input_size: tuple[int, int]
     original_size: tuple[int, int]
 
+    def sizes_only(self) -> SamInput:
+        """The same sizes without the pixels (what a cache needs after encoding)."""
+        return SamInput(torch.empty(0, dtype=torch.uint8), self.input_size, self.original_size)
+
 
 def prepare_sam_input(image: np.ndarray, img_size: int) -> SamInput:
-    """Resize the longest side of an HxWx3 uint8 RGB image to ``img_size``, normalise and pad to a square."""
+    """Resize the longest side of an HxWx3 uint8 RGB image to ``img_size`` (segment-anything's transform)."""
     resized = ResizeLongestSide(img_size).apply_image(image)
     h, w = resized.shape[:2]
-    pixels = torch.from_numpy(resized).permute(2, 0, 1).float()
-    mean = torch.tensor(PIXEL_MEAN).view(-1, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(-1, 1, 1)
-    pixels = F.pad((pixels - mean) / std, (0, img_size - w, 0, img_size - h))
-    return SamInput(pixels=pixels.unsqueeze(0), input_size=(h, w), original_size=image.shape[:2])
+    pixels = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)
+    return SamInput(pixels=pixels, input_size=(h, w), original_size=image.shape[:2])
+
+
+def sam_batch(inputs: list[SamInput], img_size: int, device: torch.device) -> torch.Tensor:
+    """Bx3xSxS float32 SAM input on ``device``: normalised with SAM's pixel statistics, zero-padded bottom and
+    right to ``img_size`` (uint8 travels to the device, the float work happens there)."""
+    mean = torch.tensor(PIXEL_MEAN, device=device).view(-1, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=device).view(-1, 1, 1)
+    out = torch.zeros(len(inputs), 3, img_size, img_size, device=device)
+    for i, item in enumerate(inputs):
+        h, w = item.input_size
+        out[i, :, :h, :w] = (item.pixels.to(device, non_blocking=True).float() - mean) / std
+    return out
 
 
 def upscale_logits(sam: Sam, low_res: torch.Tensor, prepared: SamInput) -> torch.Tensor:

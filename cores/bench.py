@@ -1,0 +1,336 @@
+"""``python -m cores.bench``: latency, throughput and memory of the serving paths, against a naive baseline
+run in the same process on the same weights.
+
+Real sizes use random weights initialised on the device (LLaMA-7B + CLIP ViT-L/14 + SAM ViT-H, bf16): no
+checkpoint download is needed, and the timings are those of the real shapes. ``--size tiny`` runs the same
+script on the tiny test model (CPU smoke run). Prints a table and writes JSON (``--json``).
+
+Paths compared:
+
+* fast: answer mode, per-image cache of SAM/CLIP encodings, cached prompt prefix, SDPA in SAM's encoder,
+  batched bulk (``segment_batch``);
+* baseline: the same model with no caches, no prefix reuse, segment-anything's own attention, one query at
+  a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+from cores.build import build_model
+from cores.checkpoint import LoadedCheckpoint
+from cores.config import CORES_CHAIN, CoresConfig
+from cores.devices import resolve_device, resolve_dtype
+from cores.pipeline import CoresPipeline
+from cores.sam import FLOAT32_SUFFIXES, SAM_GEOMETRIES, prepare_sam_input, reset_sam_buffers, sam_batch
+from cores.sam_attention import use_sdpa
+from cores.tiny import make_tiny_checkpoint
+from cores.tokenizer import load_tokenizer, token_id
+from cores.vision import CLIP_VIT_L14
+
+logger = logging.getLogger("cores.bench")
+
+QUERIES = (
+    "the thing you would use to cut the bread",
+    "where would a tired person sit in this room?",
+    "the object that keeps the food cold",
+    "the red cup",
+)
+
+
+def random_checkpoint(size: str, device: torch.device, dtype: torch.dtype, workdir: Path) -> LoadedCheckpoint:
+    """A model of real (``7b``) or tiny size with random weights, built directly on ``device`` in ``dtype``.
+
+    The tokenizer is the tiny test tokenizer (its ids fit any vocabulary); prompt lengths are printed.
+    """
+    tiny_dir = make_tiny_checkpoint(workdir / "tiny", layout="cores")
+    tokenizer = load_tokenizer(tiny_dir)
+    chain_ids = tuple(token_id(tokenizer, t) for t in CORES_CHAIN)
+    if size == "tiny":
+        from cores.checkpoint import load_checkpoint
+
+        return load_checkpoint(tiny_dir, device=device, dtype=dtype)
+    config = CoresConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        vocab_size=32004,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=2048,
+    )
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            tower = CLIPVisionModel(CLIPVisionConfig(**CLIP_VIT_L14.to_dict()))
+            model = build_model(
+                config, SAM_GEOMETRIES["vit_h"], vision_tower=tower, chain_token_ids=chain_ids, refiner=False
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    for name, buffer in model.sam.named_buffers():
+        if name.endswith(FLOAT32_SUFFIXES):
+            buffer.data = buffer.data.float()
+    reset_sam_buffers(model.sam, device)
+    model.eval().requires_grad_(False)
+    return LoadedCheckpoint(
+        model=model, tokenizer=tokenizer, image_processor=CLIPImageProcessor(), config=config, path=tiny_dir
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1000
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {
+        "p50_ms": statistics.median(ordered),
+        "p95_ms": p95,
+        "mean_ms": statistics.fmean(ordered),
+        "n": len(values),
+    }
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _one_by_one(pipe: CoresPipeline, batch: Sequence[tuple[np.ndarray, str, bool | None]]) -> None:
+    for image, query, _ in batch:
+        pipe.segment(image, query)
+
+
+def measure_path(
+    pipe: CoresPipeline, *, fast: bool, images: list[np.ndarray], repeats: int, batch_sizes: list[int]
+) -> dict[str, Any]:
+    """Interactive latency (new image, repeated image) and bulk throughput of one path."""
+    device = pipe.device
+    use_sdpa(pipe.model.sam, fast)
+    pipe.clear_cache()
+    pipe.segment(images[-1], QUERIES[0])  # warm-up (kernels, allocator, prefix)
+    _peak_reset(device)
+    new = [
+        _timed(partial(pipe.segment, im, QUERIES[i % len(QUERIES)]), device)
+        for i, im in enumerate(images[:repeats])
+    ]
+    same = images[0]
+    pipe.segment(same, QUERIES[0])
+    repeated = [
+        _timed(partial(pipe.segment, same, QUERIES[i % len(QUERIES)]), device) for i in range(repeats)
+    ]
+    out: dict[str, Any] = {"new_image": _stats(new), "repeated_image": _stats(repeated), "bulk": {}}
+    for size in batch_sizes:
+        batch = [(images[i % len(images)], QUERIES[i % len(QUERIES)], None) for i in range(size)]
+        pipe.clear_cache()
+        try:
+            if fast:
+                ms = _timed(partial(pipe.segment_batch, batch), device)
+            else:
+                ms = _timed(partial(_one_by_one, pipe, batch), device)
+        except torch.OutOfMemoryError:
+            out["bulk"][str(size)] = {"error": "out of memory"}
+            torch.cuda.empty_cache()
+            continue
+        out["bulk"][str(size)] = {"images_per_s": size / (ms / 1000), "ms": ms}
+    rates = [v["images_per_s"] for v in out["bulk"].values() if "images_per_s" in v]
+    out["bulk_best_images_per_s"] = max(rates) if rates else None
+    out["peak_memory_gb"] = _peak_gb(device)
+    return out
+
+
+def measure_components(pipe: CoresPipeline, image: np.ndarray, repeats: int) -> dict[str, Any]:
+    """Per-stage timings (eager reference points: SAM encoder, CLIP, prefill, SAM decoder, decode step)."""
+    device, model = pipe.device, pipe.model
+    pipe.clear_cache()
+    state = pipe.set_image(image)
+    prepared = prepare_sam_input(image, model.sam.image_encoder.img_size)
+    pixels = sam_batch([prepared], model.sam.image_encoder.img_size, device)
+    clip_in = torch.zeros(1, 3, 224, 224) if pipe.model.vision_tower.config.image_size == 224 else None
+    ids = pipe.prompt_ids(QUERIES[0], is_sentence=None, with_answer=True)
+    embeds, _ = model.embed_sequence(ids, state.clip_tokens)
+    chain = torch.zeros(1, 2, model.sam.prompt_encoder.embed_dim, device=device, dtype=model.dtype)
+    out: dict[str, Any] = {"prompt_positions": int(embeds.shape[0])}
+    with torch.no_grad():
+        for name, fn in {
+            "sam_encoder_sdpa": lambda: (use_sdpa(model.sam, True), model.encode_sam(pixels)),
+            "sam_encoder_eager": lambda: (use_sdpa(model.sam, False), model.encode_sam(pixels)),
+            "clip": (lambda: model.encode_clip(clip_in)) if clip_in is not None else None,
+            "prefill_full_prompt": lambda: model.hidden_states([embeds]),
+            "sam_decoder_chain": lambda: model.decode_chain(state.sam_embedding, chain),
+        }.items():
+            if fn is None:
+                continue
+            fn()
+            out[f"{name}_ms"] = statistics.median(_timed(fn, device) for _ in range(repeats))
+    use_sdpa(model.sam, True)
+    out["flash_attention"] = _flash_check(device, model.dtype)
+    forced = _forced(pipe, QUERIES[0])
+    pipe.segment(image, QUERIES[0], mode="generate", allowed_tokens=forced)
+    gen_ms = statistics.median(
+        _timed(lambda: pipe.segment(image, QUERIES[0], mode="generate", allowed_tokens=forced), device)
+        for _ in range(max(3, repeats // 4))
+    )
+    n_tokens = len(pipe.prompt_ids(QUERIES[0], is_sentence=None, with_answer=True)) - len(
+        pipe.prompt_ids(QUERIES[0], is_sentence=None, with_answer=False)
+    )
+    out["generate_total_ms"] = gen_ms
+    out["generated_tokens"] = n_tokens
+    return out
+
+
+def _flash_check(device: torch.device, dtype: torch.dtype) -> str:
+    """Whether the flash kernel accepts SAM ViT-H's global-attention shape with folded rel-pos (dim 208)."""
+    if device.type != "cuda":
+        return "not on CUDA"
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 16, 4096, 208, device=device, dtype=dtype)
+    try:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    except RuntimeError as exc:
+        return f"unavailable: {str(exc).splitlines()[0][:200]}"
+    return "ok"
+
+
+def _forced(pipe: CoresPipeline, query: str) -> Callable[[list[int]], list[int] | None]:
+    """Constrain generation to the fixed answer (a random-weight model would not emit the chain)."""
+    prompt = pipe.prompt_ids(query, is_sentence=None, with_answer=False).tolist()
+    answer = pipe.prompt_ids(query, is_sentence=None, with_answer=True).tolist()[len(prompt) :]
+    return lambda generated: [answer[len(generated)]] if len(generated) < len(answer) else None
+
+
+def mask_agreement(
+    fast: CoresPipeline, base: CoresPipeline, images: list[np.ndarray], n: int
+) -> dict[str, float]:
+    """IoU between the fast and baseline paths' masks per level (1.0 = identical), min and mean over n."""
+    ious: list[float] = []
+    for i in range(n):
+        use_sdpa(fast.model.sam, True)
+        a = fast.segment(images[i], QUERIES[i % len(QUERIES)])
+        use_sdpa(base.model.sam, False)
+        b = base.segment(images[i], QUERIES[i % len(QUERIES)])
+        for la, lb in zip(a.levels, b.levels, strict=True):
+            union = np.logical_or(la.mask, lb.mask).sum()
+            ious.append(float(np.logical_and(la.mask, lb.mask).sum() / union) if union else 1.0)
+    use_sdpa(fast.model.sam, True)
+    return {"min_iou": min(ious), "mean_iou": statistics.fmean(ious), "pairs": len(ious)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cores.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--size", choices=("7b", "tiny"), default="7b")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--batch-sizes", default="1,4,8,16")
+    parser.add_argument("--image-size", default="768x1024", help="HxW of the random test images")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    h, w = (int(v) for v in args.image_size.split("x"))
+    rng = np.random.default_rng(0)
+    n_images = max(args.repeats, max(int(b) for b in args.batch_sizes.split(","))) + 1
+    images = [(rng.random((h, w, 3)) * 255).astype(np.uint8) for _ in range(n_images)]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        checkpoint = random_checkpoint(args.size, device, dtype, Path(tmp))
+        build_s = time.perf_counter() - started
+        logger.info("built %s model on %s in %.1f s", args.size, device, build_s)
+        report: dict[str, Any] = {
+            "size": args.size,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "dtype": str(dtype),
+            "torch": torch.__version__,
+            "image_size": [h, w],
+            "build_s": build_s,
+            "weights_gb": _peak_gb(device),
+        }
+        fast = CoresPipeline(checkpoint)
+        report["components"] = measure_components(fast, images[0], args.repeats)
+        report["fast"] = measure_path(
+            fast, fast=True, images=images, repeats=args.repeats, batch_sizes=batch_sizes
+        )
+        if not args.skip_baseline:
+            base = CoresPipeline(checkpoint, cache_bytes=0, prefix_cache=False, sam_sdpa=False)
+            report["baseline"] = measure_path(
+                base, fast=False, images=images, repeats=args.repeats, batch_sizes=batch_sizes
+            )
+            report["fast_vs_baseline_masks"] = mask_agreement(fast, base, images, n=4)
+    _print_table(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    rows = [("figure", "fast", "baseline", "speed-up")]
+
+    def add(label: str, key: Callable[[dict[str, Any]], float | None], higher_better: bool = False) -> None:
+        f = key(report["fast"])
+        b = key(report["baseline"]) if "baseline" in report else None
+        ratio = "" if not (f and b) else f"{(f / b if higher_better else b / f):.2f}x"
+        rows.append(
+            (label, f"{f:.1f}" if f is not None else "-", f"{b:.1f}" if b is not None else "-", ratio)
+        )
+
+    add("new image p50 (ms)", lambda r: r["new_image"]["p50_ms"])
+    add("new image p95 (ms)", lambda r: r["new_image"]["p95_ms"])
+    add("repeated image p50 (ms)", lambda r: r["repeated_image"]["p50_ms"])
+    add("repeated image p95 (ms)", lambda r: r["repeated_image"]["p95_ms"])
+    add("bulk best (images/s)", lambda r: r["bulk_best_images_per_s"], higher_better=True)
+    add("peak memory (GB)", lambda r: r["peak_memory_gb"], higher_better=True)
+    width = max(len(r[0]) for r in rows)
+    print(f"{report['size']} on {report['device']} ({report['dtype']})")
+    for row in rows:
+        print(f"{row[0]:<{width}}  {row[1]:>10}  {row[2]:>10}  {row[3]:>9}")
+    print(
+        "components:",
+        json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in report["components"].items()}),
+    )
+    if "fast_vs_baseline_masks" in report:
+        print("fast vs baseline masks:", json.dumps(report["fast_vs_baseline_masks"]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
