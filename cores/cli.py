@@ -1,4 +1,4 @@
-"""``python -m cores``: make-tiny-checkpoint, segment, eval."""
+"""``python -m cores``: make-tiny-checkpoint, segment, eval, finetune."""
 
 from __future__ import annotations
 
@@ -57,6 +57,32 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--level", type=int, default=-1, help="chain level to score (default: last)")
     ev.add_argument("--limit", type=int, default=None)
     ev.add_argument("--out", type=Path, default=None, help="write the JSON report here too")
+
+    ft = sub.add_parser(
+        "finetune", help="LoRA fine-tune on a ReasonSeg folder (every chain level with a mask)"
+    )
+    ft.add_argument("--checkpoint", required=True, help="checkpoint folder or Hugging Face hub id")
+    ft.add_argument("--data", required=True, type=Path, help="ReasonSeg folder, optionally with 'levels'")
+    ft.add_argument(
+        "--out", required=True, type=Path, help="merged checkpoint, finetune.json, trainer_state/"
+    )
+    ft.add_argument("--epochs", type=float, default=3.0, help="passes over the training split (default 3)")
+    ft.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    ft.add_argument("--lr", type=float, default=3e-4)
+    ft.add_argument("--batch-size", type=int, default=1)
+    ft.add_argument("--grad-accum", type=int, default=1)
+    ft.add_argument("--dtype", choices=("bf16", "fp32"), default=None, help="default: bf16 on GPU, else fp32")
+    ft.add_argument("--grad-checkpointing", action="store_true", help="recompute LLM activations (memory)")
+    ft.add_argument("--val-fraction", type=float, default=0.1, help="held out for gIoU/cIoU (0: none)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--resume", action="store_true", help="continue from OUT/trainer_state")
+    ft.add_argument("--lora-r", type=int, default=8)
+    ft.add_argument("--lora-alpha", type=int, default=16)
+    ft.add_argument("--lora-dropout", type=float, default=0.05)
+    ft.add_argument("--warmup", type=int, default=100, help="linear warmup steps, then linear decay")
+    ft.add_argument("--save-every", type=int, default=100, help="trainer state every K steps")
+    ft.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -100,6 +126,37 @@ def _eval(args: argparse.Namespace) -> dict:
     return report
 
 
+def _finetune(args: argparse.Namespace) -> dict:
+    from cores.finetune import finetune
+    from cores.finetune_config import FinetuneConfig
+
+    config = FinetuneConfig(
+        checkpoint=args.checkpoint,
+        data=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        dtype=args.dtype,
+        grad_checkpointing=args.grad_checkpointing,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        resume=args.resume,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        warmup=args.warmup,
+        device=args.device,
+        save_every=args.save_every,
+        progress=not args.no_progress,
+    )
+    report = finetune(config)
+    report.pop("losses", None)
+    return report
+
+
 def torch_device(name: str) -> Any:
     """A ``torch.device`` (imported lazily: ``--help`` stays fast)."""
     import torch
@@ -128,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = {"checkpoint": str(path), "layout": args.layout}
         elif args.command == "segment":
             out = _segment(args)
+        elif args.command == "finetune":
+            out = _finetune(args)
         else:
             out = _eval(args)
     except (CoresError, ValueError) as exc:

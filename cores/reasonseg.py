@@ -161,15 +161,19 @@ def _int_points(shape: dict[str, Any]) -> list[tuple[int, int]]:
     return [(int(x), int(y)) for x, y in pts]
 
 
-def load_gt_mask(sample: ReasonSegSample, height: int, width: int) -> np.ndarray:
-    """Rasterise the sample's shapes into an HxW uint8 mask: 0 background, 1 target, 255 ignore.
+def fill_shapes(shapes: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
+    """Rasterise LabelMe shapes into an HxW uint8 mask: 0 background, 1 target, 255 ignore.
 
-    ``height``/``width`` are those of the decoded image (see :func:`load_image`).
+    LISA's rule: ``flag`` shapes are skipped, polygons are filled largest first, labels containing
+    ``ignore`` are written as 255 (:data:`cores.metrics.IGNORE_INDEX`), all others as 1.
+
+    Raises:
+        ValueError: if ``height`` or ``width`` is not positive.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"mask size must be positive, got {height}x{width}")
     polys: list[tuple[int, str, list[tuple[int, int]]]] = []
-    for shape in sample.shapes:
+    for shape in shapes:
         label = shape["label"].lower()
         if label == "flag":
             continue
@@ -183,6 +187,14 @@ def load_gt_mask(sample: ReasonSegSample, height: int, width: int) -> np.ndarray
     for _, label, points in polys:
         _draw_shape(draw, points, IGNORE_INDEX if "ignore" in label else 1)
     return np.asarray(mask, dtype=np.uint8).copy()
+
+
+def load_gt_mask(sample: ReasonSegSample, height: int, width: int) -> np.ndarray:
+    """Rasterise the sample's shapes into an HxW uint8 mask: 0 background, 1 target, 255 ignore.
+
+    ``height``/``width`` are those of the decoded image (see :func:`load_image`); see :func:`fill_shapes`.
+    """
+    return fill_shapes(sample.shapes, height, width)
 
 
 # ------------------------------------------------------------------------------------ mask -> polygons

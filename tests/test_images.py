@@ -31,7 +31,7 @@ import pytest
 import requests
 from PIL import Image
 
-from backend import images
+from backend import image_download, images
 from backend.images import ImageFetcher, ImageFetchError
 
 LEGACY_TOKEN = "0123456789abcdef0123456789abcdef01234567"
@@ -451,7 +451,7 @@ def test_redirect_from_label_studio_to_private_host_refused(make_fetcher, ls, st
 
 
 def test_dns_answer_changing_after_the_check_is_caught_at_connect(make_fetcher, storage, monkeypatch):
-    monkeypatch.setattr(images, "_resolve_addresses", lambda host, port: ["93.184.216.34"])
+    monkeypatch.setattr(image_download, "resolve_addresses", lambda host, port: ["93.184.216.34"])
     error = fetch_error(make_fetcher(), f"{storage.url}/bucket/red.png")
     assert error.reason == "forbidden_host"
     assert "127.0.0.1" in error.detail

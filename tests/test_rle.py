@@ -164,3 +164,51 @@ def test_decode_mask_rejects_wrong_size_and_garbage() -> None:
         decode_mask([0, 0], 1, 1)
     with pytest.raises(ValueError, match="min_alpha"):
         decode_mask(rle, 90, 120, min_alpha=0)
+
+
+def _sdk_mask(rle: list[int], height: int, width: int, min_alpha: int = 1) -> np.ndarray:
+    """The reference decoder: label-studio-sdk's ``decode_rle``, alpha channel thresholded."""
+    alpha = np.asarray(decode_rle(bytes(rle))).reshape(height, width, 4)[:, :, 3]
+    return alpha >= min_alpha
+
+
+def _bits_to_bytes(bits: str) -> list[int]:
+    bits += "0" * (8 - len(bits) % 8)  # always at least one padding bit, like the reference encoder
+    return [int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)]
+
+
+def test_decode_mask_matches_the_sdk_decoder() -> None:
+    for name, mask in CASES.items():
+        rle = encode_mask(mask)
+        np.testing.assert_array_equal(decode_mask(rle, *mask.shape), _sdk_mask(rle, *mask.shape), name)
+    rng = np.random.default_rng(0)
+    for height, width in [(30, 40), (1, 1), (7, 300), (64, 50)]:
+        values = rng.integers(0, 256, height * width * 4).astype(np.uint8)
+        values[::3] = 0
+        rle = encode_values(values)
+        for min_alpha in (1, 128, 255):
+            expected = _sdk_mask(rle, height, width, min_alpha)
+            np.testing.assert_array_equal(decode_mask(rle, height, width, min_alpha=min_alpha), expected)
+    # Literal chunks of several values and runs in every size class (the browser's encoder writes these;
+    # ours writes single literals), including a run longer than the values left.
+    sizes = (3, 4, 8, 16)
+    header = f"{2 * 9 * 4:032b}{7:05b}" + "".join(f"{s - 1:04b}" for s in sizes)
+    chunks = [
+        "0" + "00" + f"{4 - 1:03b}" + "".join(f"{v:08b}" for v in (0, 9, 0, 0)),  # 4 literals
+        "1" + "01" + f"{12 - 1:04b}" + f"{200:08b}",  # 12 x 200
+        "0" + "10" + f"{20 - 1:08b}" + "".join(f"{v:08b}" for v in rng.integers(0, 256, 20)),
+        "1" + "11" + f"{100 - 1:016b}" + f"{255:08b}",  # 100 x 255, only 36 values left
+    ]
+    rle = _bits_to_bytes(header + "".join(chunks))
+    for min_alpha in (1, 128, 255):
+        np.testing.assert_array_equal(
+            decode_mask(rle, 2, 9, min_alpha=min_alpha), _sdk_mask(rle, 2, 9, min_alpha)
+        )
+
+
+def test_decode_mask_rejects_a_truncated_stream() -> None:
+    rle = encode_mask(CASES["blobs"])
+    with pytest.raises(ValueError, match="ends early"):
+        decode_mask(rle[:20], 90, 120)
+    with pytest.raises(ValueError, match="header"):
+        decode_mask(rle[:6], 90, 120)
