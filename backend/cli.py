@@ -1,0 +1,152 @@
+"""``python -m backend serve|worker|preannotate|corrections``: the backend's command line.
+
+- ``serve [--dev] [--port N]``: the web server (gunicorn, or Flask's with ``--dev``) on ``PORT``; without
+  ``REDIS_URL`` also an embedded Redis and one worker; without ``CORES_CHECKPOINT`` a tiny random demo
+  checkpoint (``backend.server``).
+- ``worker [--burst] [--queues ...] [--name N]``: a GPU worker (``backend.worker``).
+- ``preannotate --project ID [--query Q | --query-field F] [--batch-size N]``: bulk pre-annotation
+  (``backend.preannotate``); without ``REDIS_URL`` it runs its own embedded Redis and worker.
+- ``corrections ...``: the correction log tools (``backend.corrections_cli``).
+
+Configuration comes from the environment (``backend.settings``); an invalid value exits with code 2 and
+a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+
+from backend.queues import QUEUE_NAMES, QueueUnavailableError, connect
+from backend.server import configure_logging
+from backend.settings import Settings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m backend`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m backend",
+        description="CoReS Label Studio ML backend, configured by environment variables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the web server (and, without REDIS_URL, an embedded Redis and a worker)",
+        description="Run the backend web server on PORT (default 9090). Without REDIS_URL an embedded Redis "
+        "and one worker start too; without CORES_CHECKPOINT a tiny random demo checkpoint is used.",
+    )
+    serve.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
+    serve.add_argument("--port", type=int, default=None, help="override PORT")
+    serve.add_argument("--host", default=None, help="override HOST (default 0.0.0.0)")
+
+    worker = commands.add_parser(
+        "worker",
+        help="run a GPU worker (loads the model once, then takes jobs)",
+        description="Load CORES_CHECKPOINT once, then run queue jobs in this process (no fork per job), "
+        "interactive first, then bulk, then train. SIGTERM finishes the current job, then exits.",
+    )
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    worker.add_argument(
+        "--queues",
+        nargs="+",
+        choices=QUEUE_NAMES,
+        default=list(QUEUE_NAMES),
+        help="queues, in priority order",
+    )
+    worker.add_argument("--name", default=None, help="worker name (default: random)")
+
+    pre = commands.add_parser(
+        "preannotate",
+        help="predict every task of a Label Studio project and write the predictions back",
+        description="List the project's tasks through the Label Studio API (LABEL_STUDIO_URL, "
+        "LABEL_STUDIO_API_KEY), skip tasks that already have a prediction of the current model version, "
+        "and let the workers write predictions for the others.",
+    )
+    pre.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    source = pre.add_mutually_exclusive_group()
+    source.add_argument("--query", default=None, help="one query for every task")
+    source.add_argument(
+        "--query-field",
+        default=None,
+        help="task data field holding each task's query (default: the TextArea's)",
+    )
+    pre.add_argument(
+        "--batch-size", type=int, default=None, help="tasks per job (default PREDICT_BATCH_SIZE)"
+    )
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    commands.add_parser(
+        "corrections",
+        help="inspect and export the corrections log (see `python -m backend corrections --help`)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; returns the process exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "corrections":
+        from backend.corrections_cli import main as corrections_main
+
+        return corrections_main(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    try:
+        settings = Settings.from_env()
+        if args.command == "serve" and (args.port is not None or args.host is not None):
+            settings = settings.with_changes(port=args.port or settings.port, host=args.host or settings.host)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.log_level)
+
+    if args.command == "serve":
+        from backend.server import serve
+
+        return serve(settings, dev=args.dev)
+    if args.command == "worker":
+        from backend.worker import run_worker
+
+        return run_worker(settings, burst=args.burst, queues=args.queues, name=args.name)
+    return _preannotate(settings, args)
+
+
+def _preannotate(settings: Settings, args: argparse.Namespace) -> int:
+    from backend.embedded import embedded_queue
+    from backend.preannotate import PreannotateError, preannotate
+    from backend.versions import ensure_checkpoint
+
+    if args.batch_size is not None and args.batch_size < 1:
+        print("error: --batch-size must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    with ExitStack() as stack:
+        if settings.redis_url is None:
+            settings, _ = stack.enter_context(embedded_queue(ensure_checkpoint(settings)))
+        try:
+            summary = preannotate(
+                settings,
+                connect(settings),
+                args.project,
+                query=args.query,
+                query_field=args.query_field,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+            )
+        except (PreannotateError, QueueUnavailableError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    for line in summary.errors:
+        print(f"failed: {line}")
+    print(
+        f"project {args.project}: {summary.total} tasks, {summary.done} done, "
+        f"{summary.skipped} skipped (already predicted), {summary.failed} failed"
+    )
+    return 1 if summary.failed else 0
