@@ -32,7 +32,7 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
 from cores.build import build_model
 from cores.checkpoint import LoadedCheckpoint
-from cores.config import CORES_CHAIN, CoresConfig
+from cores.config import CORES_7B, CORES_CHAIN
 from cores.devices import resolve_device, resolve_dtype
 from cores.pipeline import CoresPipeline
 from cores.sam import FLOAT32_SUFFIXES, SAM_GEOMETRIES, prepare_sam_input, reset_sam_buffers, sam_batch
@@ -63,15 +63,7 @@ def random_checkpoint(size: str, device: torch.device, dtype: torch.dtype, workd
         from cores.checkpoint import load_checkpoint
 
         return load_checkpoint(tiny_dir, device=device, dtype=dtype)
-    config = CoresConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        vocab_size=32004,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=2048,
-    )
+    config = CORES_7B
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

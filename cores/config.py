@@ -138,3 +138,15 @@ class CoresConfig:
             pad_token_id=self.pad_token_id,
             tie_word_embeddings=False,
         )
+
+
+#: CoReS-7B / LISA-7B language model sizes (LLaMA-7B, CoReS vocabulary: 32000 + 4 added tokens).
+CORES_7B = CoresConfig(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    vocab_size=32004,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=2048,
+)

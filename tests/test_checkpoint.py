@@ -203,17 +203,11 @@ def _full_size_meta_model(refiner: bool):
     from transformers import CLIPVisionModel
 
     from cores.build import build_model
-    from cores.config import CoresConfig
+    from cores.config import CORES_7B
     from cores.sam import SAM_GEOMETRIES
     from cores.vision import CLIP_VIT_L14
 
-    config = CoresConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        vocab_size=32004,
-    )
+    config = CORES_7B
     with torch.device("meta"):
         tower = CLIPVisionModel(CLIP_VIT_L14)
         return build_model(
