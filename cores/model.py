@@ -268,37 +268,42 @@ class CoresModel(nn.Module):
     def decode_chain(
         self, image_embedding: torch.Tensor, chain_embeds: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the chain through SAM's decoder for B queries on one image.
+        """Run the chain through SAM's decoder for B queries, on one image or on one image each.
 
         Level 1 has no dense prompt; level k >= 2 gets level k-1's raw low-res logits as SAM's mask prompt
         (and, with the refiner, a prompt refined by the prototype under level k-1's mask).
 
+        SAM's ``MaskDecoder`` takes one image per call (it repeats the embedding for every prompt). To
+        decode prompts of different images in one call, the image embedding rides in the dense prompt
+        (the decoder adds the two first thing: ``src = image + dense``) and a zero image is passed; the
+        sum is the same to the bit.
+
         Args:
-            image_embedding: 1xCxGxG SAM embedding of the image.
+            image_embedding: 1xCxGxG (one image) or BxCxGxG (one per query) SAM embeddings.
             chain_embeds: BxNxC prompt embeddings, N levels.
 
         Returns:
             (low-res logits BxNxLxL, IoU scores BxN), L = 4G (256 for SAM at 1024 px).
         """
+        batch = chain_embeds.shape[0]
         encoder = self.sam.prompt_encoder
         image_pe = encoder.get_dense_pe().to(self.dtype)
-        image_embedding = image_embedding.to(self.dtype)
+        images = image_embedding.to(self.dtype).expand(batch, -1, -1, -1)
+        no_image = torch.zeros_like(images[:1])
         previous: torch.Tensor | None = None
         logits, scores = [], []
         for level in range(chain_embeds.shape[1]):
             sparse, dense = encoder(points=None, boxes=None, masks=previous)
-            if previous is None and chain_embeds.shape[0] > 1:
-                dense = dense.expand(chain_embeds.shape[0], -1, -1, -1)
-                sparse = sparse.expand(chain_embeds.shape[0], -1, -1)
+            sparse = sparse.to(self.dtype).expand(batch, -1, -1)
             text = chain_embeds[:, level : level + 1].to(self.dtype)
-            sparse = torch.cat([sparse.to(self.dtype), text], dim=1)
+            sparse = torch.cat([sparse, text], dim=1)
             if self.refiner is not None and previous is not None:
-                sparse = self.refiner(sparse, image_embedding, previous)
+                sparse = self.refiner(sparse, images, previous)
             low_res, iou = self.sam.mask_decoder(
-                image_embeddings=image_embedding,
+                image_embeddings=no_image,
                 image_pe=image_pe,
                 sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense.to(self.dtype),
+                dense_prompt_embeddings=dense.to(self.dtype).expand(batch, -1, -1, -1) + images,
                 multimask_output=False,
             )
             logits.append(low_res)

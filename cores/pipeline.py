@@ -268,7 +268,7 @@ class CoresPipeline:
                 f"once each in order; it answered: {text!r}"
             )
         llm_done = time.perf_counter()
-        result = self._masks(state, gen.chain_states.unsqueeze(0), [query], [text], "generate")[0]
+        result = self._masks([state], gen.chain_states.unsqueeze(0), [query], [text], "generate")[0]
         result.timings.update(self._timings(start, encoded, llm_done, hit))
         return result
 
@@ -286,13 +286,14 @@ class CoresPipeline:
             embeds.append(e)
             expanded.append(x)
         hidden = self.model.hidden_states(embeds, prefix)
-        chain_states = [self.model.select_chain_states(h, x) for h, x in zip(hidden, expanded, strict=True)]
+        chain_states = torch.stack(
+            [self.model.select_chain_states(h, x) for h, x in zip(hidden, expanded, strict=True)]
+        )
         llm_done = time.perf_counter()
-        results = []
-        for (_, query, _), state, cs in zip(items, states, chain_states, strict=True):
-            result = self._masks(state, cs.unsqueeze(0), [query], [self.answer], "answer")[0]
+        queries = [query for _, query, _ in items]
+        results = self._masks(states, chain_states, queries, [self.answer] * len(items), "answer")
+        for result in results:
             result.timings.update(self._timings(start, encoded, llm_done, hits == len(items)))
-            results.append(result)
         return results
 
     # --- helpers ------------------------------------------------------------------------------------
@@ -313,14 +314,21 @@ class CoresPipeline:
         return self._prefix, [ids[slot:] for ids in all_ids]
 
     def _masks(
-        self, state: ImageState, chain_states: torch.Tensor, queries: list[str], texts: list[str], mode: str
+        self,
+        states: list[ImageState],
+        chain_states: torch.Tensor,
+        queries: list[str],
+        texts: list[str],
+        mode: str,
     ) -> list[ChainResult]:
-        """BxNxH chain states on one image -> B results with full-size masks."""
+        """BxNxH chain states, one image state per item -> B results with full-size masks (one SAM-decoder
+        call per level for the whole batch)."""
         started = time.perf_counter()
         prompts = self.model.seg_embeddings(chain_states)
-        low_res, scores = self.model.decode_chain(state.sam_embedding, prompts)
+        low_res, scores = self.model.decode_chain(torch.cat([s.sam_embedding for s in states]), prompts)
+        scores = scores.float().cpu()
         results = []
-        for b, (query, text) in enumerate(zip(queries, texts, strict=True)):
+        for b, (state, query, text) in enumerate(zip(states, queries, texts, strict=True)):
             logits = upscale_logits(self.model.sam, low_res[b].unsqueeze(1), state.sam_input)
             masks = (logits[:, 0] > 0).cpu().numpy()
             pieces = split_levels(text, self.chain_tokens)

@@ -30,7 +30,7 @@ class TokenRefiner(nn.Module):
         """Masked average of the image embedding.
 
         Args:
-            image_embedding: 1xCxGxG SAM image embedding.
+            image_embedding: 1xCxGxG or BxCxGxG SAM image embedding(s).
             previous_logits: Bx1xLxL low-res logits of the previous level.
 
         Returns:

@@ -142,3 +142,32 @@ def test_refiner_math_matches_its_definition():
     attended = refiner.multihead_attn.out_proj(proto @ w_v.T + b_v)  # one key: softmax weight 1
     expected = sparse + refiner.norm(sparse + attended.unsqueeze(1))
     torch.testing.assert_close(out, expected)
+
+
+def test_decoding_many_images_in_one_call_matches_one_call_per_image(pipe):
+    """The image embedding rides in the dense prompt; SAM's decoder adds the two first, so one image per
+    call is bit-identical to segment-anything's own call, and a batch differs only by matmul rounding."""
+    model = pipe.model
+    torch.manual_seed(0)
+    grid = model.sam.prompt_encoder.image_embedding_size
+    images = torch.randn(3, model.sam.prompt_encoder.embed_dim, *grid)
+    prompts = torch.randn(3, 2, model.sam.prompt_encoder.embed_dim)
+    with torch.no_grad():
+        batched, batched_scores = model.decode_chain(images, prompts)
+        for i in range(3):
+            # One image per call, through the decoder exactly as segment-anything's predictor calls it.
+            sparse, dense = model.sam.prompt_encoder(points=None, boxes=None, masks=None)
+            sparse = torch.cat([sparse, prompts[i : i + 1, :1]], dim=1)
+            low, score = model.sam.mask_decoder(
+                image_embeddings=images[i : i + 1],
+                image_pe=model.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            single, single_scores = model.decode_chain(images[i : i + 1], prompts[i : i + 1])
+            assert torch.equal(single[0, :1], low[0])
+            assert torch.equal(single_scores[0, :1], score[0])
+            torch.testing.assert_close(batched[i], single[0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(batched_scores[i], single_scores[0], rtol=1e-5, atol=1e-6)
+            assert torch.equal(batched[i] > 0, single[0] > 0)
