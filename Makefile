@@ -1,15 +1,19 @@
-# Two commands matter: `make setup` (both virtualenvs) and `make test` (lint, types, all tests).
+# Two commands matter: `make setup` (virtualenvs, Chromium) and `make test` (lint, types, all tests).
 VENV ?= .venv
 
-.PHONY: setup setup-venv setup-label-studio test lint format serve demo
+.PHONY: setup setup-venv setup-label-studio setup-browser test lint format serve demo
 
-setup: setup-venv setup-label-studio
+setup: setup-venv setup-label-studio setup-browser
 
 setup-venv:
 	bash scripts/setup_venv.sh
 
 setup-label-studio:
 	bash scripts/setup_label_studio.sh
+
+# Debian's chromium for the browser test (apt-get, needs root; skipped when /usr/bin/chromium exists).
+setup-browser:
+	bash scripts/setup_browser.sh
 
 test: setup
 	bash scripts/test.sh

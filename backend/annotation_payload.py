@@ -13,13 +13,13 @@ Nothing here imports torch: the web process records webhooks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from backend.correction_records import CorrectionError, pack_mask, utc_iso
+from backend.correction_records import CorrectionError, pack_mask, unpack_mask, utc_iso
 from backend.label_config import SegmentationSchema
 from backend.rle import decode_mask
 from cores.metrics import mask_iou
@@ -254,6 +254,34 @@ def parse_annotation(
     embedded = _mapping(annotation.get("prediction"))
     model_version = (source or {}).get("model_version") or embedded.get("model_version") or None
 
+    rows, final_iou = _level_rows(accepted, predicted, annotation_id)
+    data = _mapping(task.get("data"))
+    image_ref = data.get(schema.image_field)
+    created_at = annotation.get("created_at")
+    values = {
+        "project_id": project_id,
+        "task_id": task_id,
+        "annotation_id": annotation_id,
+        "revision": utc_iso(updated_at),
+        "action": str(payload.get("action")),
+        "annotator": _annotator(annotation.get("completed_by")),
+        "annotation_created_at": utc_iso(created_at) if isinstance(created_at, str) and created_at else None,
+        "query": _query(annotation, task, schema),
+        "image_ref": image_ref if isinstance(image_ref, str) else None,
+        "image_sha256": image_sha256,
+        "prediction_id": prediction_id,
+        "model_version": str(model_version) if model_version is not None else None,
+        "final_level": rows[-1][0] if rows else None,
+        "final_iou": final_iou,
+    }
+    return PendingRecord(values, rows)
+
+
+def _level_rows(
+    accepted: Mapping[int, _Region], predicted: Mapping[int, _Region], annotation_id: int
+) -> tuple[list[tuple[Any, ...]], float | None]:
+    """One ``correction_levels`` row (without ``record_id``) per level with an accepted or a predicted mask,
+    in level order, and the IoU of the last level (None when it has no prediction)."""
     rows: list[tuple[Any, ...]] = []
     final_iou: float | None = None
     for level in sorted(set(accepted) | set(predicted)):
@@ -287,26 +315,65 @@ def parse_annotation(
             )
         )
         final_iou = iou
-    data = _mapping(task.get("data"))
-    image_ref = data.get(schema.image_field)
-    created_at = annotation.get("created_at")
-    values = {
-        "project_id": project_id,
-        "task_id": task_id,
-        "annotation_id": annotation_id,
-        "revision": utc_iso(updated_at),
-        "action": str(payload.get("action")),
-        "annotator": _annotator(annotation.get("completed_by")),
-        "annotation_created_at": utc_iso(created_at) if isinstance(created_at, str) and created_at else None,
-        "query": _query(annotation, task, schema),
-        "image_ref": image_ref if isinstance(image_ref, str) else None,
-        "image_sha256": image_sha256,
-        "prediction_id": prediction_id,
-        "model_version": str(model_version) if model_version is not None else None,
-        "final_level": rows[-1][0] if rows else None,
-        "final_iou": final_iou,
+    return rows, final_iou
+
+
+def payload_prediction(
+    payload: Mapping[str, Any], schema: SegmentationSchema
+) -> tuple[Mapping[str, Any] | None, int | None]:
+    """The prediction an annotation webhook carries itself (``task.predictions`` / ``annotation.prediction``;
+    None when it carries none, as Label Studio 1.23's do) and the prediction id the annotation names
+    (``annotation.parent_prediction``), as ``parse_annotation`` finds them."""
+    return _find_prediction(_mapping(payload.get("annotation")), _mapping(payload.get("task")), schema)
+
+
+def annotation_task(payload: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The ``(project id, task id)`` of an annotation webhook, as ``parse_annotation`` reads them."""
+    annotation, task = _mapping(payload.get("annotation")), _mapping(payload.get("task"))
+    task_id = _as_int(annotation.get("task")) or _as_int(task.get("id"))
+    project = (
+        _as_int(payload.get("project")) or _as_int(annotation.get("project")) or _as_int(task.get("project"))
+    )
+    return project, task_id
+
+
+def annotation_query(payload: Mapping[str, Any], schema: SegmentationSchema) -> str | None:
+    """The query of an annotation webhook (the prompt text, else the task's query field), as stored."""
+    return _query(_mapping(payload.get("annotation")), _mapping(payload.get("task")), schema)
+
+
+def rows_with_prediction(
+    stored: Sequence[tuple[int, str, int, int, bytes | None]],
+    prediction: Mapping[str, Any],
+    schema: SegmentationSchema,
+    *,
+    annotation_id: int,
+    mapping: dict[int, str] | None = None,
+    n_levels: int | None = None,
+) -> tuple[list[tuple[Any, ...]], float | None]:
+    """A stored record's level rows redone with ``prediction`` (Label Studio form) as the predicted masks.
+
+    Args:
+        stored: the record's ``(level, label, height, width, accepted)`` rows (``accepted`` in stored form).
+        prediction: the prediction the annotation started from (``result`` with brushlabels regions).
+        annotation_id: for messages.
+
+    Returns:
+        The new ``correction_levels`` rows (without ``record_id``) and the final level's IoU.
+
+    Raises:
+        CorrectionError: a prediction region that does not decode.
+    """
+    accepted = {
+        level: _Region(unpack_mask(blob, height, width), label)
+        for level, label, height, width, blob in stored
+        if blob is not None
     }
-    return PendingRecord(values, rows)
+    levels = label_levels(schema, mapping, n_levels)
+    predicted = _brush_regions(
+        prediction.get("result"), schema, levels, f"prediction {_as_int(prediction.get('id'))}"
+    )
+    return _level_rows(accepted, predicted, annotation_id)
 
 
 def deleted_ids(payload: Mapping[str, Any]) -> list[int]:

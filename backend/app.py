@@ -4,11 +4,20 @@ Routes (wire-compatible with Label Studio 1.23):
 
 - ``GET /``, ``GET /health``: ``{"status": "UP", "model_class": "CoReS", "model_version"}``; /health
   needs no auth and touches neither Redis nor the model.
-- ``POST /setup``: ``{"model_version"}``; remembers the project's Label Studio host and token.
+- ``POST /setup``: ``{"model_version"}``; remembers the project's Label Studio host and token, and with
+  basic auth on, gives the project's webhook to this backend the credentials in a background thread
+  (``backend.webhook_auth``).
+
+Every answer that names the model version reads the served one per request (``CORES_MODEL_VERSION``, else
+``MODEL_DIR/versions/current``, else the base checkpoint's; one ``stat``, see ``backend.version_store``),
+so a published fine-tune, a pin or a rollback shows in ``/setup``, ``/versions`` and new predictions without
+a restart.
 - ``POST /predict``: predictions (``backend.dispatch``): an interactive call waits for its job; a batch
   answers by the deadline and leaves late predictions to the jobs' write-back.
-- ``POST /webhook``: ``{"status": "accepted"|"ignored", "action"}`` (``backend.webhooks``).
-- ``GET /versions``: ``{"versions": [...], "model_version"}``.
+- ``POST /webhook``: annotation events are recorded in the correction store, ``START_TRAINING`` enqueues a
+  fine-tune: ``{"status": "created"|"duplicate"|"deleted"|"ignored"|"queued"|"already_queued", "action",
+  ...}``; other actions ``{"status": "ignored", "action"}`` (``backend.webhooks``).
+- ``GET /versions``: ``{"versions": [every servable version, oldest first], "model_version": the served}``.
 - ``GET /metrics``: Prometheus text (``backend.metrics`` documents each metric).
 - ``GET /jobs/<id>``: a job's status, timestamps, error traceback and result summary (``?result=1``:
   the whole result).
@@ -16,6 +25,9 @@ Routes (wire-compatible with Label Studio 1.23):
 Errors are JSON ``{"error": {"code", "message"}}``: 400 malformed requests, 401 missing/wrong basic auth,
 404 unknown job, 503 + ``Retry-After`` when the queue is full or Redis is unreachable, 504 when an
 interactive prediction misses the deadline, 500 when a job fails.
+
+Every answer carries ``X-Request-ID`` (the caller's, or a new one) and every request writes one access log
+line (``backend.request_log``).
 """
 
 from __future__ import annotations
@@ -39,11 +51,14 @@ from backend.dispatch import (
     PayloadError,
     parse_predict_call,
 )
-from backend.ls_connection import remember_setup
+from backend.ls_connection import project_id, remember_setup
 from backend.metrics import MetricsStore, render
-from backend.settings import Settings
-from backend.versions import MODEL_CLASS, available_versions, model_version
-from backend.webhooks import HANDLED_ACTIONS, WebhookHandler, accept_without_recording
+from backend.request_log import install_request_log
+from backend.settings import Settings, SettingsError
+from backend.version_store import VersionError, VersionStore
+from backend.versions import MODEL_CLASS, available_versions, version_store
+from backend.webhook_auth import WebhookAuthKeeper, connection_from_setup
+from backend.webhooks import HANDLED_ACTIONS, CorrectionWebhooks, WebhookHandler, WebhookPayloadError
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +74,34 @@ class BackendState:
 
     settings: Settings
     connection: redis.Redis
-    model_version: str
-    dispatcher: Dispatcher
+    versions: VersionStore
+    last_version: str
     metrics: MetricsStore
     webhook_handler: WebhookHandler
+    webhook_auth: WebhookAuthKeeper | None = None
+    dispatcher: Dispatcher = field(init=False)
     redis_error_count: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.dispatcher = Dispatcher(self.settings, self.connection, self.metrics, self.model_version)
 
     def count_redis_error(self) -> None:
         with self._lock:
             self.redis_error_count += 1
+
+    def model_version(self) -> str:
+        """The version served now (read per request: one ``stat`` of the pointer file). When the pointer
+        cannot be read, the last version read is answered and the error logged."""
+        try:
+            name = self.versions.served(self.settings.pinned_version).name
+        except VersionError as exc:
+            logger.error("cannot read the served model version (answering %s): %s", self.last_version, exc)
+            return self.last_version
+        if name != self.last_version:
+            logger.info("model version now %s (was %s)", name, self.last_version)
+            self.last_version = name
+        return name
 
 
 def create_app(
@@ -83,25 +116,37 @@ def create_app(
         settings: defaults to ``Settings.from_env()``.
         connection: the Redis client for the queues; defaults to ``queues.connect(settings)`` (lazy: Redis
             is first contacted by the first request that needs it).
-        webhook_handler: gets handled webhook actions; defaults to one that records nothing.
+        webhook_handler: gets handled webhook actions; defaults to ``CorrectionWebhooks`` (the correction
+            store under ``MODEL_DIR`` and the training queue).
 
     Raises:
-        backend.settings.SettingsError: invalid settings, or no Redis URL and no connection.
+        backend.settings.SettingsError: invalid settings, no Redis URL and no connection, or a
+            ``CORES_MODEL_VERSION`` / version pointer that names a missing version.
     """
     settings = settings or Settings.from_env()
     connection = connection if connection is not None else queues.connect(settings)
-    version = model_version(settings)
+    versions = version_store(settings)
+    try:
+        version = versions.served(settings.pinned_version).name
+    except VersionError as exc:
+        raise SettingsError(str(exc)) from exc
     metrics = MetricsStore(connection)
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = BackendState(
         settings=settings,
         connection=connection,
-        model_version=version,
-        dispatcher=Dispatcher(settings, connection, metrics, version),
+        versions=versions,
+        last_version=version,
         metrics=metrics,
-        webhook_handler=webhook_handler or accept_without_recording,
+        webhook_handler=webhook_handler or CorrectionWebhooks(settings, connection),
+        webhook_auth=(
+            WebhookAuthKeeper(settings.basic_auth_user, settings.basic_auth_pass)
+            if settings.basic_auth_user is not None and settings.basic_auth_pass is not None
+            else None
+        ),
     )
+    install_request_log(app)  # before the blueprint: its auth check may answer first
     app.register_blueprint(routes)
     logger.info("web app ready: %s, queue at %s", version, queues.describe_connection(connection))
     return app
@@ -141,6 +186,16 @@ def _check_auth() -> Response | None:
     )
     if user_ok and pass_ok:
         return None
+    if request.path == "/webhook":
+        logger.warning(
+            "POST /webhook from %s answered 401 (%s): this annotation event is NOT recorded. Label Studio's "
+            "webhook to this backend must send BASIC_AUTH_USER/BASIC_AUTH_PASS: the backend adds them to the "
+            "project's webhook after Label Studio's /setup (see the log for errors), or run "
+            "`python -m backend webhooks ensure --project ID`, or set 'Authorization: Basic <base64 of "
+            "user:password>' on the webhook in Label Studio (project Settings > Webhooks)",
+            request.remote_addr,
+            "no credentials" if auth is None else "wrong credentials",
+        )
     return _error(
         401,
         "unauthorized",
@@ -189,7 +244,7 @@ def _http_error(exc: HTTPException) -> Response:
 @routes.route("/health", methods=["GET"])
 def health() -> Response:
     """Liveness for Label Studio (1 s timeout): answers without touching Redis or the model."""
-    return jsonify({"status": "UP", "model_class": MODEL_CLASS, "model_version": _state().model_version})
+    return jsonify({"status": "UP", "model_class": MODEL_CLASS, "model_version": _state().model_version()})
 
 
 @routes.route("/setup", methods=["POST"])
@@ -204,7 +259,29 @@ def setup() -> Response:
             logger.warning(
                 "could not store the /setup credentials of project %s: %s", body.get("project"), exc
             )
-    return jsonify({"model_version": state.model_version})
+        _schedule_webhook_auth(state, body)
+    return jsonify({"model_version": state.model_version()})
+
+
+def _schedule_webhook_auth(state: BackendState, body: Mapping[str, Any]) -> None:
+    """With basic auth on: start (once per project, off the request path) giving the project's webhook to
+    this backend the credentials (``backend.webhook_auth``)."""
+    if state.webhook_auth is None:
+        return
+    project = project_id(body.get("project"))
+    if project is None:
+        return
+    ls = connection_from_setup(state.settings, body)
+    if ls is None:
+        logger.warning(
+            "project %s: /setup gave no usable Label Studio host and token (and LABEL_STUDIO_URL/"
+            "LABEL_STUDIO_API_KEY are not set): cannot give its webhook the basic-auth credentials; run "
+            "`python -m backend webhooks ensure --project %s`",
+            project,
+            project,
+        )
+        return
+    state.webhook_auth.schedule(project, ls)
 
 
 @routes.route("/predict", methods=["POST"])
@@ -236,7 +313,8 @@ def predict() -> Response:
 
 @routes.route("/webhook", methods=["POST"])
 def webhook() -> Response:
-    """Label Studio events: handled actions go to the webhook handler, others are ignored."""
+    """Label Studio events: handled actions go to the webhook handler, others are ignored. A body the
+    handler cannot read is answered 400 and nothing is recorded."""
     state = _state()
     body = _json_body()
     if not isinstance(body, Mapping) or not isinstance(body.get("action"), str):
@@ -245,15 +323,19 @@ def webhook() -> Response:
     if action not in HANDLED_ACTIONS:
         logger.debug("webhook %s ignored", action)
         return jsonify({"status": "ignored", "action": action})
-    extra = state.webhook_handler(action, body) or {}
-    return jsonify({"status": "accepted", "action": action, **extra})
+    try:
+        extra = dict(state.webhook_handler(action, body) or {})
+    except WebhookPayloadError as exc:
+        raise PayloadError(str(exc)) from exc
+    return jsonify({"status": extra.pop("status", "accepted"), "action": action, **extra})
 
 
 @routes.route("/versions", methods=["GET"])
 def versions() -> Response:
     """Model versions this backend can serve."""
     state = _state()
-    return jsonify({"versions": available_versions(state.settings), "model_version": state.model_version})
+    names = available_versions(state.settings, state.versions)
+    return jsonify({"versions": names, "model_version": state.model_version()})
 
 
 @routes.route("/metrics", methods=["GET"])
@@ -262,7 +344,7 @@ def metrics() -> Response:
     state = _state()
     text = render(
         state.connection,
-        model_version=state.model_version,
+        model_version=state.model_version(),
         max_queued=state.settings.max_queued,
         redis_error_count=state.redis_error_count,
     )

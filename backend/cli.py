@@ -6,7 +6,12 @@
 - ``worker [--burst] [--queues ...] [--name N]``: a GPU worker (``backend.worker``).
 - ``preannotate --project ID [--query Q | --query-field F] [--batch-size N]``: bulk pre-annotation
   (``backend.preannotate``); without ``REDIS_URL`` it runs its own embedded Redis and worker.
-- ``corrections ...``: the correction log tools (``backend.corrections_cli``).
+- ``doctor [--load]``: check the deployment, one OK/WARN/SKIP/FAIL line per check (``backend.doctor``).
+- ``corrections list|stats|export|enrich ...``: the correction log tools (``backend.corrections_cli``).
+- ``webhooks ensure --project ID``: give Label Studio's webhooks to this backend its basic-auth credentials
+  (``backend.webhook_auth``; the web also does it after ``/setup``).
+- ``train [--project ID] [--steps N] ...``: enqueue one fine-tune on the corrections (``backend.model_cli``).
+- ``versions list|current|pin NAME|unpin|rollback``: the model versions under ``MODEL_DIR/versions``.
 
 Configuration comes from the environment (``backend.settings``); an invalid value exits with code 2 and
 a message naming the variable.
@@ -20,8 +25,8 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 
+from backend.logs import configure_logging
 from backend.queues import QUEUE_NAMES, QueueUnavailableError, connect
-from backend.server import configure_logging
 from backend.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -88,6 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="inspect and export the corrections log (see `python -m backend corrections --help`)",
         add_help=False,
     )
+    doctor = commands.add_parser(
+        "doctor",
+        help="check Redis, workers, Label Studio, the checkpoint, the GPU and MODEL_DIR",
+        description="Check the deployment the environment describes and print one OK/WARN/SKIP/FAIL line "
+        "per check; the exit status is 1 when any check failed.",
+    )
+    doctor.add_argument(
+        "--load", action="store_true", help="also load the checkpoint in this process (imports torch; slow)"
+    )
+    commands.add_parser(
+        "train",
+        help="fine-tune the served model on the corrections (see `python -m backend train --help`)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "webhooks",
+        help="give the project's Label Studio webhooks this backend's basic-auth credentials "
+        "(`python -m backend webhooks ensure --project ID`)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "versions",
+        help="list, pin and roll back model versions (see `python -m backend versions --help`)",
+        add_help=False,
+    )
     return parser
 
 
@@ -98,6 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from backend.corrections_cli import main as corrections_main
 
         return corrections_main(args_list[1:])
+    if args_list and args_list[0] == "webhooks":
+        from backend.webhook_auth import main as webhooks_main
+
+        return webhooks_main(args_list[1:])
+    if args_list and args_list[0] in ("train", "versions"):
+        from backend.model_cli import train_main, versions_main
+
+        return (train_main if args_list[0] == "train" else versions_main)(args_list[1:])
     args = build_parser().parse_args(args_list)
     try:
         settings = Settings.from_env()
@@ -106,12 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
 
     if args.command == "serve":
         from backend.server import serve
 
         return serve(settings, dev=args.dev)
+    if args.command == "doctor":
+        from backend.doctor import doctor
+
+        return doctor(settings, load=args.load)
     if args.command == "worker":
         from backend.worker import run_worker
 

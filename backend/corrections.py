@@ -5,7 +5,10 @@ Every ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED`` webhook from Label Studio 
 holds the query, the image reference, the prediction the annotator started from (id, model version, the
 predicted mask and score of every level), the accepted mask of every level, and the IoU between the two.
 ``ANNOTATION_DELETED`` / ``ANNOTATIONS_DELETED`` mark every record of the annotation deleted; deleted records
-are kept for audit but left out of listings, statistics and exports.
+are kept for audit but left out of listings, statistics and exports. A record whose webhook named its
+prediction only by id (``annotation.parent_prediction``, as Label Studio 1.23 sends it) gets the predicted
+masks later (``update_prediction``; ``missing_predictions`` lists those still waiting,
+``backend.correction_enrich``).
 
 Decisions: an annotation with no brush region for the schema is still recorded (its levels are the
 predicted ones, accepted empty, or none at all): "the annotator removed every mask" is a correction. A
@@ -39,6 +42,7 @@ from backend.annotation_payload import (
     deleted_ids,
     label_levels,
     parse_annotation,
+    rows_with_prediction,
 )
 from backend.correction_db import (
     BUSY_TIMEOUT_S,
@@ -85,6 +89,16 @@ _IN_CHUNK = 500  # ids per "IN (...)" query, far below SQLite's variable limit
 _MIN_CORRECTION_EPS = 1e-9
 
 
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
 def default_store_path() -> Path:
     """``$MODEL_DIR/corrections.sqlite3`` (``MODEL_DIR`` defaults to ``models``, as in the settings)."""
     return Path(os.environ.get("MODEL_DIR") or "models") / DEFAULT_FILENAME
@@ -115,7 +129,7 @@ class CorrectionStore(CorrectionDatabase):
         self,
         payload: Mapping[str, Any],
         *,
-        schema: SegmentationSchema,
+        schema: SegmentationSchema | None,
         image_sha256: str | None = None,
         prediction: Mapping[str, Any] | None = None,
         mapping: dict[int, str] | None = None,
@@ -125,7 +139,8 @@ class CorrectionStore(CorrectionDatabase):
 
         Args:
             payload: the webhook body (``action``, ``annotation``, ``task``, ``project``).
-            schema: the project's parsed labeling config (which tags hold the masks and the prompt).
+            schema: the project's parsed labeling config (which tags hold the masks and the prompt); a
+                deletion needs none.
             image_sha256: hex digest of the task image's bytes, when the caller knows it.
             prediction: the prediction the annotation started from, in Label Studio form (``id``,
                 ``model_version``, ``result`` with brushlabels regions); by default it is looked up in the
@@ -139,7 +154,8 @@ class CorrectionStore(CorrectionDatabase):
 
         Raises:
             CorrectionError: a payload that is not an object, an annotation without ``id``, task id or
-                ``updated_at``, a delete without annotation ids, or a brush region that does not decode.
+                ``updated_at``, a delete without annotation ids, a brush region that does not decode, or
+                no ``schema`` for a created/updated annotation.
         """
         start = time.perf_counter()
         if not isinstance(payload, Mapping):
@@ -152,6 +168,8 @@ class CorrectionStore(CorrectionDatabase):
         annotation = payload.get("annotation")
         if isinstance(annotation, Mapping) and annotation.get("was_cancelled"):
             return RecordOutcome("ignored", detail=f"annotation {annotation.get('id')} is a skipped task")
+        if schema is None:
+            raise CorrectionError(f"{action} needs the project's labeling config (schema) to read the masks")
         pending = parse_annotation(
             payload,
             schema,
@@ -220,7 +238,100 @@ class CorrectionStore(CorrectionDatabase):
             "deleted", None, f"annotation(s) {annotation_ids}: {marked} record(s) marked deleted"
         )
 
+    def update_prediction(
+        self,
+        record_id: int,
+        prediction: Mapping[str, Any],
+        *,
+        schema: SegmentationSchema,
+        mapping: dict[int, str] | None = None,
+        n_levels: int | None = None,
+    ) -> bool:
+        """Set the prediction a stored record started from, after the fact; atomic.
+
+        For records whose webhook named the prediction only by id (``annotation.parent_prediction``): the
+        prediction, fetched later from Label Studio (``GET /api/predictions/<id>``), replaces the record's
+        predicted masks, scores and IoUs and sets its ``prediction_id`` and ``model_version``; the accepted
+        masks stay as stored.
+
+        Args:
+            record_id: the record to update.
+            prediction: Label Studio form (``id``, ``model_version``, ``result`` with brushlabels regions).
+            schema: the project's labeling config (which tag and labels hold the levels).
+            mapping, n_levels: as for ``record_webhook``.
+
+        Returns:
+            False when there is no such record, True when it was updated.
+
+        Raises:
+            CorrectionError: a prediction region that does not decode.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT annotation_id, prediction_id, model_version FROM corrections WHERE id = ?",
+                (record_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            annotation_id, old_prediction_id, old_version = row
+            stored = conn.execute(
+                "SELECT level, label, height, width, accepted FROM correction_levels WHERE record_id = ? "
+                "ORDER BY level",
+                (record_id,),
+            ).fetchall()
+            rows, final_iou = rows_with_prediction(
+                stored,
+                prediction,
+                schema,
+                annotation_id=annotation_id,
+                mapping=mapping,
+                n_levels=n_levels,
+            )
+            prediction_id = _int_or_none(prediction.get("id"))
+            version = str(prediction.get("model_version") or "") or old_version
+            conn.execute("DELETE FROM correction_levels WHERE record_id = ?", (record_id,))
+            conn.executemany(
+                f"INSERT INTO correction_levels ({LEVEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(record_id, *level) for level in rows],
+            )
+            conn.execute(
+                "UPDATE corrections SET prediction_id = ?, model_version = ?, final_level = ?, final_iou = ? "
+                "WHERE id = ?",
+                (
+                    prediction_id if prediction_id is not None else old_prediction_id,
+                    version,
+                    rows[-1][0] if rows else None,
+                    final_iou,
+                    record_id,
+                ),
+            )
+        logger.info(
+            "record %s (annotation %s): prediction %s set (%s, %d predicted level(s), final IoU %s)",
+            record_id,
+            annotation_id,
+            prediction_id if prediction_id is not None else old_prediction_id,
+            version,
+            sum(1 for level in rows if level[5] is not None),
+            None if final_iou is None else round(final_iou, 4),
+        )
+        return True
+
     # ---- reading ----------------------------------------------------------------------------------------
+
+    def missing_predictions(self, project: int | None = None) -> builtins.list[CorrectionRecord]:
+        """Records (not deleted) that name a prediction (``prediction_id``) but hold none of its masks: the
+        ones ``python -m backend corrections enrich`` resolves through Label Studio. Oldest first."""
+        where = "" if project is None else " AND project_id = ?"
+        params = [] if project is None else [project]
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {RECORD_COLUMNS} FROM corrections WHERE prediction_id IS NOT NULL "
+                "AND deleted_at IS NULL AND NOT EXISTS (SELECT 1 FROM correction_levels l "
+                f"WHERE l.record_id = corrections.id AND l.predicted IS NOT NULL){where} "
+                "ORDER BY revision, id",
+                params,
+            ).fetchall()
+            return self._with_levels(conn, rows)
 
     def _select(
         self,

@@ -1,4 +1,4 @@
-"""``corrections list|stats|export``: read the correction log from the command line.
+"""``corrections list|stats|export|enrich``: read the correction log from the command line.
 
 ::
 
@@ -7,11 +7,19 @@
     corrections stats  [--db PATH] [--project ID]
     corrections export --out DIR [--db PATH] [--project ID] [--since T] [--until T] [--min-correction X]
                        [--label-studio-url URL] [--api-key KEY] [--local-files-root DIR] [--cache-dir DIR]
+    corrections enrich [--db PATH] [--project ID] [--label-studio-url URL] [--api-key KEY]
 
 ``--db`` defaults to ``$MODEL_DIR/corrections.sqlite3``; times are ISO 8601 (a time without an offset is
 UTC; ``--until`` is exclusive). ``export`` fetches images with ``backend.images.ImageFetcher`` (Label Studio
 URL and API key default to ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``). Results go to stdout (JSON, or a
 table for ``list``); errors to stderr with exit status 1.
+
+``enrich`` fetches, from Label Studio's API, the predictions that records name only by id (Label Studio's
+webhooks carry ``annotation.parent_prediction`` and nothing else; the web fetches them itself right after
+the webhook, this resolves what it could not) and sets their predicted masks and IoUs
+(``backend.correction_enrich``). Without ``--label-studio-url``/``--api-key`` (or their environment
+variables) it uses what Label Studio's ``/setup`` stored in ``REDIS_URL``. It prints a JSON summary and exits
+1 when some record could not be resolved (predictions deleted from Label Studio are only reported).
 """
 
 from __future__ import annotations
@@ -54,7 +62,9 @@ def _fraction(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The ``corrections`` argument parser (subcommands ``list``, ``stats``, ``export``)."""
     parser = argparse.ArgumentParser(
-        prog="corrections", description="Inspect and export the annotators' corrections log."
+        prog="python -m backend corrections",
+        description="Inspect and export the annotators' corrections log (MODEL_DIR/corrections.sqlite3, "
+        "written by the backend's /webhook).",
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -109,7 +119,52 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow image hosts on private/loopback addresses other than Label Studio",
     )
+    enrich = commands.add_parser(
+        "enrich",
+        parents=[common],
+        help="fetch from Label Studio the predictions records name only by id; set their masks and IoUs",
+    )
+    enrich.add_argument(
+        "--label-studio-url",
+        default=os.environ.get("LABEL_STUDIO_URL"),
+        help="Label Studio URL (default: $LABEL_STUDIO_URL, else /setup's, stored in $REDIS_URL)",
+    )
+    enrich.add_argument(
+        "--api-key",
+        default=os.environ.get("LABEL_STUDIO_API_KEY"),
+        help="Label Studio API key (default: $LABEL_STUDIO_API_KEY, else /setup's, stored in $REDIS_URL)",
+    )
     return parser
+
+
+def _enrich(args: argparse.Namespace, store: CorrectionStore) -> int:
+    from backend.correction_enrich import enrich_missing
+    from backend.label_config import LEVEL_LABELS_ENV, parse_level_mapping
+    from backend.ls_connection import LabelStudioConnection, resolve
+    from backend.settings import Settings
+
+    mapping = dict(parse_level_mapping(os.environ.get(LEVEL_LABELS_ENV) or None)) or None
+    given = (
+        LabelStudioConnection(url=args.label_studio_url.rstrip("/"), api_key=args.api_key)
+        if args.label_studio_url and args.api_key
+        else None
+    )
+    redis_url = os.environ.get("REDIS_URL") or None
+    settings = Settings(
+        redis_url=redis_url, label_studio_url=args.label_studio_url or None, label_studio_api_key=args.api_key
+    )
+    connection = None
+    if given is None and redis_url is not None:
+        from backend.queues import connect
+
+        connection = connect(settings)
+
+    def connection_for(project: int | None) -> LabelStudioConnection | None:
+        return given or resolve(settings, connection, project)
+
+    summary = enrich_missing(store, connection_for, project=args.project, mapping=mapping)
+    print(json.dumps(summary.to_json(), indent=1))
+    return 1 if summary.failed else 0
 
 
 def _format_levels(record: CorrectionRecord) -> str:
@@ -192,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         with _open_existing(args.db) as store:
+            if args.command == "enrich":
+                return _enrich(args, store)
             if args.command == "stats":
                 print(json.dumps(store.stats(project=args.project), indent=1))
                 return 0

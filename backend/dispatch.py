@@ -30,7 +30,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,15 +126,24 @@ def parse_predict_call(payload: Any) -> PredictCall:
 
 
 class Dispatcher:
-    """Runs /predict calls against the queues (see the module docstring). One per web app; thread-safe."""
+    """Runs /predict calls against the queues (see the module docstring). One per web app; thread-safe.
+
+    Args:
+        model_version: returns the version served now; read once per call, sent to the jobs (which answer
+            with the version that actually produced each prediction).
+    """
 
     def __init__(
-        self, settings: Settings, connection: redis.Redis, metrics: MetricsStore, model_version: str
+        self,
+        settings: Settings,
+        connection: redis.Redis,
+        metrics: MetricsStore,
+        model_version: Callable[[], str],
     ):
         self.settings = settings
         self.connection = connection
         self.metrics = metrics
-        self.model_version = model_version
+        self.current_version = model_version
 
     def predict(self, call: PredictCall) -> dict[str, Any]:
         """Answer a parsed /predict call: ``{"results": [...], "model_version": ...}``.
@@ -142,6 +151,7 @@ class Dispatcher:
         Raises:
             queues.QueueFull, queues.QueueUnavailableError, InteractiveTimeoutError, JobFailedError.
         """
+        version = self.current_version()
         slots: list[Any] = [None] * len(call.tasks)
         inputs: list[tuple[int, TaskInput]] = []
         for i, task in enumerate(call.tasks):
@@ -149,27 +159,27 @@ class Dispatcher:
                 image = resolve_image_url(task, call.schema)
                 query = resolve_query(task, call.schema, call.context if call.interactive else None)
             except TaskError as exc:
-                slots[i] = error_element(exc.to_json(task["id"]), self.model_version)
+                slots[i] = error_element(exc.to_json(task["id"]), version)
                 self.metrics.incr("task_errors_total", {"code": exc.code})
                 logger.info("task %s: %s", task["id"], exc)
                 continue
             inputs.append((i, TaskInput(id=int(task["id"]), image=image, query=query)))
         if call.interactive:
-            answer = self._interactive(call, slots, inputs)
+            answer = self._interactive(call, slots, inputs, version)
         else:
-            answer = self._batch(call, slots, inputs)
+            answer = self._batch(call, slots, inputs, version)
         for slot in answer["results"]:
             outcome = "deferred" if slot == [] else "error" if "error" in slot else "predicted"
             self.metrics.incr("tasks_total", {"outcome": outcome})
         return answer
 
     def _request(
-        self, call: PredictCall, tasks: Sequence[TaskInput], *, kind: str, claim: str | None
+        self, call: PredictCall, tasks: Sequence[TaskInput], *, kind: str, claim: str | None, version: str
     ) -> PredictRequest:
         return PredictRequest(
             tasks=tuple(tasks),
             schema=call.schema,
-            model_version=self.model_version,
+            model_version=version,
             kind=kind,
             level_labels=self.settings.level_labels,
             project=call.project,
@@ -178,12 +188,12 @@ class Dispatcher:
         )
 
     def _interactive(
-        self, call: PredictCall, slots: list[Any], inputs: list[tuple[int, TaskInput]]
+        self, call: PredictCall, slots: list[Any], inputs: list[tuple[int, TaskInput]], version: str
     ) -> dict[str, Any]:
         if not inputs:
-            return {"results": [_interactive_slot(slots[0])], "model_version": self.model_version}
+            return {"results": [_interactive_slot(slots[0])], "model_version": version}
         job_id = uuid.uuid4().hex
-        request = self._request(call, [inputs[0][1]], kind="interactive", claim=None)
+        request = self._request(call, [inputs[0][1]], kind="interactive", claim=None, version=version)
         deadline = time.monotonic() + self.settings.predict_deadline
         queues.enqueue(
             self.connection,
@@ -204,15 +214,15 @@ class Dispatcher:
             raise JobFailedError(job_id, error or "the job returned no result")
         return {
             "results": [_interactive_slot(value["results"][0])],
-            "model_version": value.get("model_version", self.model_version),
+            "model_version": value.get("model_version", version),
         }
 
     def _batch(
-        self, call: PredictCall, slots: list[Any], inputs: list[tuple[int, TaskInput]]
+        self, call: PredictCall, slots: list[Any], inputs: list[tuple[int, TaskInput]], version: str
     ) -> dict[str, Any]:
         if inputs:
             deadline = time.monotonic() + self.settings.predict_deadline
-            jobs = self._enqueue_bulk(call, slots, inputs)
+            jobs = self._enqueue_bulk(call, slots, inputs, version)
             finished = self._wait(list(jobs), deadline)
             for job_id in jobs:
                 if job_id not in finished:
@@ -223,11 +233,11 @@ class Dispatcher:
                 for i in jobs[job_id]:
                     slots[i] = []  # delivered later by the job, unless filled from its result below
                 if job_id in finished:
-                    self._fill(job_id, jobs[job_id], slots)
-        return {"results": slots, "model_version": self.model_version}
+                    self._fill(job_id, jobs[job_id], slots, version)
+        return {"results": slots, "model_version": _answer_version(slots, version)}
 
     def _enqueue_bulk(
-        self, call: PredictCall, slots: list[Any], inputs: list[tuple[int, TaskInput]]
+        self, call: PredictCall, slots: list[Any], inputs: list[tuple[int, TaskInput]], version: str
     ) -> dict[str, list[int]]:
         """Enqueue the tasks in as many jobs as the queue has room for; returns job id -> task positions."""
         free = queues.room(self.connection, self.settings, queues.BULK)
@@ -241,7 +251,9 @@ class Dispatcher:
             job_id = uuid.uuid4().hex
             with queues.redis_errors(self.connection):
                 claim = open_claim(self.connection, job_id, self.settings.predict_deadline)
-            request = self._request(call, [task for _, task in chunk], kind="bulk", claim=claim)
+            request = self._request(
+                call, [task for _, task in chunk], kind="bulk", claim=claim, version=version
+            )
             try:
                 queues.enqueue(
                     self.connection,
@@ -261,13 +273,13 @@ class Dispatcher:
                     error = TaskError(
                         "queue_full", "the bulk queue is full; retrieve predictions again later"
                     )
-                    slots[i] = error_element(error.to_json(task.id), self.model_version)
+                    slots[i] = error_element(error.to_json(task.id), version)
                 break
             jobs[job_id] = [i for i, _ in chunk]
         logger.info("batch of %d tasks queued as %d bulk jobs", len(inputs), len(jobs))
         return jobs
 
-    def _fill(self, job_id: str, positions: list[int], slots: list[Any]) -> None:
+    def _fill(self, job_id: str, positions: list[int], slots: list[Any], version: str) -> None:
         outcome = queues.job_outcome(self.connection, job_id)
         if outcome is None:
             return
@@ -277,7 +289,7 @@ class Dispatcher:
                 "job_failed", f"the prediction job failed; see GET /jobs/{job_id}", job=job_id
             )
             for i in positions:
-                slots[i] = error_element(failure.to_json(), self.model_version)
+                slots[i] = error_element(failure.to_json(), version)
             return
         if value.get("delivered_by") == Deliverer.JOB.value:
             return  # the job wrote its predictions to Label Studio: answering them too would double them
@@ -310,6 +322,13 @@ class Dispatcher:
         if job is not None and job.is_queued:
             job.cancel()
             logger.info("interactive job %s cancelled after the deadline", job_id)
+
+
+def _answer_version(slots: Sequence[Any], version: str) -> str:
+    """The ``model_version`` of a batch answer: the version that produced its predictions when they all
+    agree (a worker may have switched versions since the call began), else the one served at the call."""
+    produced = {slot.get("model_version") for slot in slots if isinstance(slot, Mapping) and "result" in slot}
+    return str(produced.pop()) if len(produced) == 1 and None not in produced else version
 
 
 def _interactive_slot(slot: Mapping[str, Any]) -> dict[str, Any]:

@@ -122,12 +122,14 @@ class ChildProcess:
 
 
 def worker_process(settings: Settings) -> ChildProcess:
-    """A ``python -m backend worker`` child for these settings (warm shutdown gets JOB_TIMEOUT to finish)."""
+    """A ``python -m backend worker`` child for these settings. Its warm shutdown ends within
+    ``WORKER_SHUTDOWN_GRACE`` (or ``JOB_TIMEOUT``) seconds, the running job finished or requeued
+    (``backend.graceful_worker``); it is killed only if it is still running well after that."""
     return ChildProcess(
         "worker",
         [sys.executable, "-m", "backend", "worker"],
         child_env(settings),
-        stop_timeout_s=min(settings.job_timeout + 5.0, 120.0),
+        stop_timeout_s=min(settings.job_timeout, settings.shutdown_grace) + 15.0,
     )
 
 

@@ -14,7 +14,7 @@ code                        meaning
 ``query``                   the model rejected the query (e.g. too long for its context)
 ``model``                   the model could not answer (bad chain, unusable image)
 ``label_config``            the chain has more levels than the BrushLabels tag has labels
-``model_version_mismatch``  the worker serves another model version than the web asked for
+``model_version_mismatch``  the worker knows no model version of that name (set up unlike the web)
 ``job_failed``              the job holding this task raised (``GET /jobs/<job>`` has the traceback)
 ``queue_full``              a batch filled the bulk queue midway; this task was not queued
 ==========================  =====================================================================

@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import redis
 from rq import get_current_job
 
 from backend.delivery import Deliverer, finish_claim
@@ -20,13 +22,15 @@ from backend.job_requests import PredictRequest
 from backend.label_config import LabelConfigError
 from backend.ls_connection import LabelStudioConnection, resolve
 from backend.metrics import MetricsStore
+from backend.prediction_memory import RememberedPrediction, remember
 from backend.results import build_prediction
-from backend.worker import WorkerContext, get_context
+from backend.settings import Settings
+from backend.version_store import VersionError
+from backend.versions import version_store
+from backend.worker import WorkerContext, get_context, serving_context
 from backend.writeback import WriteBackReport, write_predictions
 
 if TYPE_CHECKING:
-    import redis
-
     from cores.pipeline import CoresPipeline
     from cores.result import ChainResult
 
@@ -41,9 +45,16 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
     ``write_back``, predictions the web will not return (``backend.delivery``) are written to Label
     Studio, skipping tasks that already hold this model version.
 
+    Every prediction carries the version that produced it: the worker's loaded version. It differs from
+    the request's ``model_version`` when a new version was published (or pinned) between the web's answer
+    to Label Studio and this job; the result then says both (``model_version``, ``requested_version``). A
+    requested version this worker does not know at all (web and worker configured with different
+    checkpoints, ``MODEL_VERSION`` or ``MODEL_DIR``) fails every task with ``model_version_mismatch``.
+
     Returns:
-        ``{"results": [prediction or error, one per task, in order], "model_version": str,
-        "delivered_by": "web" | "job" | null, "write_back": {"created", "skipped", "failed"} | null,
+        ``{"results": [prediction or error, one per task, in order], "model_version": str (the version
+        that produced them), "requested_version": str, "delivered_by": "web" | "job" | null,
+        "write_back": {"created", "skipped", "failed"} | null,
         "timings": {"fetch_ms", "model_ms", "format_ms", "total_ms"}}``.
 
     Raises:
@@ -53,20 +64,31 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
     parsed = PredictRequest.from_json(request)
     job = get_current_job()
     connection = job.connection if job is not None else None
-    context = get_context()
-    version = parsed.model_version
+    context = serving_context()
+    requested = parsed.model_version
+    version = context.model_version
+    if requested != version:
+        parsed = replace(parsed, model_version=version)
     n = len(parsed.tasks)
     slots: list[dict[str, Any] | None] = [None] * n
     timings: dict[str, float] = {}
 
-    if version != context.model_version:
+    if requested != version and not _knows_version(context, requested):
         mismatch = TaskError(
             "model_version_mismatch",
-            f"this worker serves {context.model_version}, the request asked for {version}; "
-            "run workers and web with the same CORES_CHECKPOINT / MODEL_VERSION",
+            f"this worker serves {version} and knows no version {requested}, which the request asked "
+            "for; run workers and web with the same CORES_CHECKPOINT / MODEL_VERSION / MODEL_DIR",
         )
-        slots = [error_element(mismatch.to_json(t.id), version) for t in parsed.tasks]
+        slots = [error_element(mismatch.to_json(t.id), requested) for t in parsed.tasks]
     else:
+        if requested != version:
+            logger.warning(
+                "the request asked for model version %s; this worker serves %s (switched since): "
+                "its predictions carry %s",
+                requested,
+                version,
+                version,
+            )
         ls = resolve(context.settings, connection, parsed.project)
         tick = time.perf_counter()
         images = _fetch_images(context, parsed, ls, slots)
@@ -86,6 +108,7 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
         timings["format_ms"] = (time.perf_counter() - tick) * 1000
 
     results = [slot if slot is not None else {} for slot in slots]
+    _remember(connection, context.settings, parsed, results)
     delivered_by, report = _deliver(parsed, results, connection)
     timings["total_ms"] = (time.perf_counter() - started) * 1000
     if connection is not None and job is not None:
@@ -102,10 +125,20 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
     return {
         "results": results,
         "model_version": version,
+        "requested_version": requested,
         "delivered_by": delivered_by,
         "write_back": report.to_json() if report is not None else None,
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
+
+
+def _knows_version(context: WorkerContext, name: str) -> bool:
+    """Whether ``name`` is a version of this worker's store (the base or a published one)."""
+    try:
+        version_store(context.settings).get(name)
+    except VersionError:
+        return False
+    return True
 
 
 def run_chains(
@@ -188,6 +221,39 @@ def _format(
         return error_element(TaskError("label_config", str(exc)).to_json(task.id), request.model_version)
 
 
+def _remember(
+    connection: redis.Redis | None,
+    settings: Settings,
+    request: PredictRequest,
+    results: list[dict[str, Any]],
+) -> None:
+    """Keep what this job predicted per task in Redis (``backend.prediction_memory``), before anything is
+    delivered, so an annotation submitted right after sees it. Best effort: a failure is logged."""
+    if connection is None or request.project is None or settings.prediction_memory_ttl <= 0:
+        return
+    entries = []
+    for task, result in zip(request.tasks, results, strict=True):
+        if "result" not in result:
+            continue
+        entry = RememberedPrediction.from_prediction(
+            result, query=task.query, kind=request.kind, schema=request.schema
+        )
+        if entry is not None:
+            entries.append((task.id, entry))
+    try:
+        kept = remember(connection, request.project, entries, settings.prediction_memory_ttl)
+    except (redis.exceptions.RedisError, OSError) as exc:
+        logger.warning(
+            "could not remember the predictions of project %s tasks %s in Redis (corrections of them "
+            "will lack the predicted masks unless Label Studio stored the prediction): %s",
+            request.project,
+            [task_id for task_id, _ in entries],
+            exc,
+        )
+        return
+    logger.debug("remembered %d prediction(s) of project %s", kept, request.project)
+
+
 def _deliver(
     request: PredictRequest, results: list[dict[str, Any]], connection: redis.Redis | None
 ) -> tuple[str | None, WriteBackReport | None]:
@@ -211,7 +277,9 @@ def _deliver(
         )
         logger.error("cannot write back %d predictions: %s", len(predictions), reason)
         return deliverer.value, WriteBackReport(failed={str(task_id): reason for task_id, _ in predictions})
-    return deliverer.value, write_predictions(ls.client(), predictions, request.model_version)
+    return deliverer.value, write_predictions(
+        ls.client(), predictions, request.model_version, project=request.project
+    )
 
 
 def _record_metrics(

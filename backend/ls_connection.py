@@ -36,11 +36,11 @@ class LabelStudioConnection:
     url: str
     api_key: str
 
-    def client(self) -> LabelStudio:
-        """A label-studio-sdk client for this connection."""
+    def client(self, timeout: float = CLIENT_TIMEOUT_S) -> LabelStudio:
+        """A label-studio-sdk client for this connection (``timeout``: seconds per HTTP call)."""
         from label_studio_sdk import LabelStudio
 
-        return LabelStudio(base_url=self.url, api_key=self.api_key, timeout=CLIENT_TIMEOUT_S)
+        return LabelStudio(base_url=self.url, api_key=self.api_key, timeout=timeout)
 
 
 def project_id(value: Any) -> int | None:

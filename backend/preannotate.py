@@ -28,7 +28,8 @@ from backend.label_config import SegmentationSchema, parse_label_config
 from backend.ls_connection import LabelStudioConnection
 from backend.queries import check_query, resolve_image_url
 from backend.settings import Settings
-from backend.versions import model_version
+from backend.version_store import VersionError
+from backend.versions import served_version
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ QUEUE_RETRY_S = 2.0
 
 
 class PreannotateError(RuntimeError):
-    """Pre-annotation cannot start (no Label Studio credentials, unusable config, bad arguments)."""
+    """Pre-annotation cannot start (no Label Studio credentials, unusable config, bad arguments, a pinned
+    model version that does not exist)."""
 
 
 @dataclass
@@ -111,7 +113,10 @@ def preannotate(
         if not settings.label_studio_url or not settings.label_studio_api_key:
             raise PreannotateError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to pre-annotate a project")
         client = LabelStudioConnection(settings.label_studio_url, settings.label_studio_api_key).client()
-    version = model_version(settings)
+    try:
+        version = served_version(settings).name
+    except VersionError as exc:
+        raise PreannotateError(str(exc)) from exc
     details = client.projects.get(id=project)
     try:
         schema = parse_label_config(details.label_config or "")

@@ -1,7 +1,7 @@
 """The rq job queues: names, connection, bounded enqueueing, job lookup.
 
 - Three queues, in the priority order every worker listens to them: ``interactive`` (an annotator waits),
-  ``bulk`` (batch predictions, pre-annotation), ``train`` (fine-tuning, a later issue).
+  ``bulk`` (batch predictions, pre-annotation), ``train`` (fine-tuning, ``backend.train_requests``).
 - Every Queue, Job and Worker uses ``rq.serializers.JSONSerializer``: job arguments and results are JSON,
   never pickle, so a Redis shared with other tools can never make a worker unpickle foreign bytes.
 - Jobs are referenced by dotted path strings (``backend.jobs.predict_tasks``): the web never imports the
@@ -35,6 +35,7 @@ from rq.registry import FailedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from backend.logs import REQUEST_ID_META, current_request_id
 from backend.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def enqueue(
     job_id: str | None = None,
     ttl: int | None = None,
     description: str | None = None,
+    job_timeout: int | None = None,
 ) -> Job:
     """Enqueue ``func`` (a dotted path) with JSON-safe ``args`` on ``queue``, if the queue has room.
 
@@ -153,6 +155,7 @@ def enqueue(
 
     Args:
         ttl: seconds the job may wait in the queue before it is discarded unstarted (None: forever).
+        job_timeout: seconds the job may run (None: ``JOB_TIMEOUT``).
 
     Raises:
         QueueFull: ``MAX_QUEUED`` jobs already wait on ``queue``.
@@ -167,14 +170,21 @@ def enqueue(
             func,
             args=args,
             job_id=job_id,
-            job_timeout=settings.job_timeout,
+            job_timeout=job_timeout or settings.job_timeout,
             result_ttl=settings.result_ttl,
             failure_ttl=settings.failure_ttl,
             ttl=ttl,
             description=description or func,
+            meta=_request_meta(),
         )
     logger.debug("enqueued %s on %s as job %s", func, queue, job.id)
     return job
+
+
+def _request_meta() -> dict[str, Any] | None:
+    """``job.meta`` tying a job to the HTTP request that enqueued it (its log lines then carry the id)."""
+    request_id = current_request_id()
+    return {REQUEST_ID_META: request_id} if request_id else None
 
 
 def interactive_ttl(settings: Settings) -> int:

@@ -20,21 +20,17 @@ import sys
 import threading
 from contextlib import ExitStack, suppress
 from types import FrameType
+from typing import Any
 
 from flask import Flask
+from gunicorn.glogging import Logger as _GunicornLogger
 
 from backend.embedded import ChildProcess, child_env, embedded_queue
+from backend.logs import ContextFilter, configure_logging, make_formatter
 from backend.settings import Settings
 from backend.versions import ensure_checkpoint
 
 logger = logging.getLogger(__name__)
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
-
-
-def configure_logging(level: str) -> None:
-    """Root logging for a backend process (stderr, one line per record)."""
-    logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
 
 
 def wsgi_app() -> Flask:
@@ -42,8 +38,22 @@ def wsgi_app() -> Flask:
     from backend.app import create_app
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)
+
+
+class GunicornLogger(_GunicornLogger):
+    """gunicorn's own lines (master, worker boots) in the backend's ``LOG_FORMAT`` (``backend.logs``)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        try:
+            formatter = make_formatter(Settings.from_env().log_format)
+        except ValueError:  # SettingsError included: the web app reports it when it loads
+            return
+        for handler in self.error_log.handlers:
+            handler.setFormatter(formatter)
+            handler.addFilter(ContextFilter())
 
 
 def gunicorn_command(settings: Settings) -> list[str]:
@@ -65,8 +75,8 @@ def gunicorn_command(settings: Settings) -> list[str]:
         "--graceful-timeout",
         str(math.ceil(settings.predict_deadline) + 5),
         "--no-control-socket",  # gunicorn 27's default socket path is shared by every instance
-        "--access-logfile",
-        "-",
+        "--logger-class",
+        "backend.server.GunicornLogger",  # no gunicorn access log: the app writes one with request ids
         "--log-level",
         settings.log_level.lower(),
         "backend.server:wsgi_app()",

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from backend.label_config import LEVEL_LABELS_ENV, LabelConfigError, parse_level_mapping
+from backend.logs import LOG_FORMATS
+from backend.version_store import PIN_ENV, VersionError, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,9 @@ class Settings:
         redis_url: Redis for the job queues [REDIS_URL]; None: ``serve`` starts an embedded Redis.
         model_dir: folder for model files, the demo checkpoint, the image cache and the embedded Redis
             [MODEL_DIR], default ``./models``.
-        model_version: overrides the version derived from the checkpoint name [MODEL_VERSION].
+        model_version: overrides the base checkpoint's version, derived from its name [MODEL_VERSION].
+        pinned_version: serve this model version (a name from ``python -m backend versions list``) whatever
+            ``MODEL_DIR/versions/current`` says [CORES_MODEL_VERSION]; None: the pointer decides.
         label_studio_url: Label Studio base URL, for images and writing predictions [LABEL_STUDIO_URL].
         label_studio_api_key: Label Studio API key (legacy token or personal access token)
             [LABEL_STUDIO_API_KEY].
@@ -67,8 +71,20 @@ class Settings:
         local_files_root: folder whose files ``/data/local-files/?d=`` URLs may be read from directly
             [LOCAL_FILES_DOCUMENT_ROOT]; None: always fetched through Label Studio.
         log_level: logging level [LOG_LEVEL], default INFO.
+        log_format: ``text`` or ``json`` (one JSON object per line, with job and request ids) [LOG_FORMAT],
+            default text (``backend.logs``).
+        shutdown_grace: seconds a stopping worker lets its running job finish before it requeues it
+            [WORKER_SHUTDOWN_GRACE], default 90 (keep it below the supervisor's kill timeout).
         workers: gunicorn worker processes [WORKERS], default 1.
         threads: threads per gunicorn worker [THREADS], default 8 (each waiting /predict holds one).
+        min_train_samples: a training job refuses to start with fewer exported corrections
+            [MIN_TRAIN_SAMPLES], default 20.
+        train_steps: optimizer steps of a training run [TRAIN_STEPS]; None: 3 epochs over the corrections.
+        train_timeout: seconds a training job may run before the worker kills it [TRAIN_TIMEOUT],
+            default 6 h.
+        prediction_memory_ttl: seconds the worker's record of what it predicted per task stays in Redis
+            (``backend.prediction_memory``; the correction log reads it when Label Studio's webhook does
+            not carry the prediction) [PREDICTION_MEMORY_TTL], default 7 days; 0 turns it off.
     """
 
     checkpoint: str | None = None
@@ -94,8 +110,15 @@ class Settings:
     allow_private_networks: bool = False
     local_files_root: Path | None = None
     log_level: str = "INFO"
+    log_format: str = "text"
+    shutdown_grace: float = 90.0
     workers: int = 1
     threads: int = 8
+    pinned_version: str | None = None
+    min_train_samples: int = 20
+    train_steps: int | None = None
+    train_timeout: int = 6 * 3600
+    prediction_memory_ttl: int = 7 * 24 * 3600
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "CORES_MODE", self.mode, f"one of {', '.join(MODES)}")
@@ -114,15 +137,33 @@ class Settings:
             ("PREDICT_BATCH_SIZE", self.predict_batch_size),
             ("WORKERS", self.workers),
             ("THREADS", self.threads),
+            ("MIN_TRAIN_SAMPLES", self.min_train_samples),
+            ("TRAIN_TIMEOUT", self.train_timeout),
+            ("TRAIN_STEPS", self.train_steps if self.train_steps is not None else 1),
         ):
             _check(value >= 1, name, value, "an integer >= 1")
+        _check(
+            self.prediction_memory_ttl >= 0,
+            "PREDICTION_MEMORY_TTL",
+            self.prediction_memory_ttl,
+            "seconds >= 0 (0 turns the prediction memory off)",
+        )
         _check(self.log_level in LOG_LEVELS, "LOG_LEVEL", self.log_level, f"one of {', '.join(LOG_LEVELS)}")
+        _check(
+            self.log_format in LOG_FORMATS, "LOG_FORMAT", self.log_format, f"one of {', '.join(LOG_FORMATS)}"
+        )
+        _check(self.shutdown_grace > 0, "WORKER_SHUTDOWN_GRACE", self.shutdown_grace, "seconds above 0")
         _check(
             (self.basic_auth_user is None) == (self.basic_auth_pass is None),
             "BASIC_AUTH_USER/BASIC_AUTH_PASS",
             "only one of them",
             "both set (auth on) or both unset (auth off)",
         )
+        if self.pinned_version is not None:
+            try:
+                check_name(self.pinned_version)
+            except VersionError as exc:
+                raise SettingsError(f"{PIN_ENV}: {exc}") from None
         if self.label_studio_url is not None:
             _check(
                 self.label_studio_url.startswith(("http://", "https://")),
@@ -199,8 +240,15 @@ class Settings:
             "allow_private_networks": flag("ALLOW_PRIVATE_NETWORKS"),
             "local_files_root": Path(local_root) if local_root else None,
             "log_level": (text("LOG_LEVEL") or "INFO").upper(),
+            "log_format": (text("LOG_FORMAT") or "text").lower(),
+            "shutdown_grace": number("WORKER_SHUTDOWN_GRACE", 90.0),
             "workers": integer("WORKERS", 1),
             "threads": integer("THREADS", 8),
+            "pinned_version": text(PIN_ENV),
+            "min_train_samples": integer("MIN_TRAIN_SAMPLES", 20),
+            "train_steps": integer("TRAIN_STEPS", 0) if text("TRAIN_STEPS") is not None else None,
+            "train_timeout": integer("TRAIN_TIMEOUT", 6 * 3600),
+            "prediction_memory_ttl": integer("PREDICTION_MEMORY_TTL", 7 * 24 * 3600),
         }
         return cls(**values)
 
@@ -228,8 +276,13 @@ class Settings:
             "PREDICT_BATCH_SIZE": str(self.predict_batch_size),
             "ALLOW_PRIVATE_NETWORKS": "true" if self.allow_private_networks else "false",
             "LOG_LEVEL": self.log_level,
+            "LOG_FORMAT": self.log_format,
+            "WORKER_SHUTDOWN_GRACE": repr(self.shutdown_grace),
             "WORKERS": str(self.workers),
             "THREADS": str(self.threads),
+            "MIN_TRAIN_SAMPLES": str(self.min_train_samples),
+            "TRAIN_TIMEOUT": str(self.train_timeout),
+            "PREDICTION_MEMORY_TTL": str(self.prediction_memory_ttl),
         }
         optional = {
             "CORES_CHECKPOINT": self.checkpoint,
@@ -237,6 +290,8 @@ class Settings:
             "CORES_DTYPE": self.dtype,
             "REDIS_URL": self.redis_url,
             "MODEL_VERSION": self.model_version,
+            PIN_ENV: self.pinned_version,
+            "TRAIN_STEPS": str(self.train_steps) if self.train_steps is not None else None,
             "LABEL_STUDIO_URL": self.label_studio_url,
             "LABEL_STUDIO_API_KEY": self.label_studio_api_key,
             "BASIC_AUTH_USER": self.basic_auth_user,

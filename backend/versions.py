@@ -1,9 +1,13 @@
-"""Model versions: the string every prediction carries, and where the demo checkpoint lives.
+"""Model versions: the string every prediction carries, which version is served, the demo checkpoint.
 
-The version is ``MODEL_VERSION`` when set, else ``cores-<checkpoint name>``: the last path component of
-``CORES_CHECKPOINT`` (a folder or a hub id such as ``Shawnee-bxy/CoReS`` -> ``cores-CoReS``), with
-characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``-``. Without a checkpoint the
-backend runs the tiny demo checkpoint, version ``cores-tiny-demo``.
+The base checkpoint's version is ``MODEL_VERSION`` when set, else ``cores-<checkpoint name>``: the last path
+component of ``CORES_CHECKPOINT`` (a folder or a hub id such as ``Shawnee-bxy/CoReS`` -> ``cores-CoReS``),
+with characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``-``. Without a checkpoint
+the backend runs the tiny demo checkpoint, version ``cores-tiny-demo``.
+
+Fine-tuned versions are published under ``MODEL_DIR/versions`` (``backend.version_store``); the served one
+is ``CORES_MODEL_VERSION`` when set, else the one ``MODEL_DIR/versions/current`` names, else the base
+(``served_version``). The web reads it per request, the worker before each job.
 
 Label Studio skips tasks that already hold a prediction with the backend's current version, so the version
 must change whenever the weights do: name checkpoint folders by release, or set ``MODEL_VERSION``.
@@ -19,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from backend.settings import Settings
+from backend.version_store import ServedVersion, VersionStore
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +35,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def model_version(settings: Settings) -> str:
-    """The model version string for these settings (see the module docstring)."""
+    """The base checkpoint's version string for these settings (see the module docstring)."""
     if settings.model_version:
         return settings.model_version
     name = DEMO_CHECKPOINT_NAME
@@ -39,9 +44,24 @@ def model_version(settings: Settings) -> str:
     return "cores-" + (_UNSAFE.sub("-", name).strip("-") or DEMO_CHECKPOINT_NAME)
 
 
-def available_versions(settings: Settings) -> list[str]:
-    """Model versions this backend can serve (for ``GET /versions``); today only the current one."""
-    return [model_version(settings)]
+def version_store(settings: Settings) -> VersionStore:
+    """The version store of ``settings.model_dir`` with the base checkpoint as its first version."""
+    base = settings.checkpoint or str(demo_checkpoint_dir(settings))
+    return VersionStore(settings.model_dir, model_version(settings), base)
+
+
+def served_version(settings: Settings, store: VersionStore | None = None) -> ServedVersion:
+    """The version to serve now: ``CORES_MODEL_VERSION``, else the pointer's, else the base.
+
+    Raises:
+        backend.version_store.VersionError: the pin or the pointer names a missing version.
+    """
+    return (store or version_store(settings)).served(settings.pinned_version)
+
+
+def available_versions(settings: Settings, store: VersionStore | None = None) -> list[str]:
+    """Names of the model versions this backend can serve (for ``GET /versions``), oldest first."""
+    return [version.name for version in (store or version_store(settings)).list()]
 
 
 def demo_checkpoint_dir(settings: Settings) -> Path:

@@ -5,31 +5,42 @@
 job in the worker process itself: a forked child could not use the CUDA context, and reloading 7B
 weights per job would take minutes. It listens to ``interactive``, ``bulk``, ``train`` in that order.
 
-Shutdown: SIGTERM or Ctrl+C asks rq for a warm shutdown (the current job finishes, then the worker exits);
-a second signal stops it at once. Any number of workers on any number of machines can share one
-``REDIS_URL``; each takes one job at a time.
+Shutdown: SIGTERM or Ctrl+C asks for a warm shutdown: the current job finishes, then the worker exits 0;
+if it still runs ``WORKER_SHUTDOWN_GRACE`` seconds later (or at a second signal) it is interrupted and
+requeued at the front of its queue (``backend.graceful_worker``). Any number of workers on any number of
+machines can share one ``REDIS_URL``; each takes one job at a time.
 
 Jobs reach the loaded model through ``get_context()`` / ``get_pipeline()``: a process-level
 ``ModelHolder``. torch and ``cores.pipeline`` are imported only when the model is loaded, never by the web.
+
+Model versions: the worker loads the served version (``CORES_MODEL_VERSION``, else the one
+``MODEL_DIR/versions/current`` names, else the base ``CORES_CHECKPOINT``; ``backend.versions``). Before
+each job ``CoresWorker`` compares it with the loaded one (a ``stat`` of the pointer file) and, when it
+changed, frees the old model and loads the new one: a published fine-tune, a pin or a rollback reaches
+every worker at its next job, without a restart.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import redis
-from rq import SimpleWorker
+from rq import Queue
+from rq.job import Job
 
+from backend.graceful_worker import GracefulWorker
 from backend.images import ImageFetcher
 from backend.ls_connection import LabelStudioConnection
 from backend.queues import QUEUE_NAMES, SERIALIZER, connect, describe_connection, get_queue
 from backend.settings import Settings
-from backend.versions import ensure_checkpoint, model_version
+from backend.version_store import VersionStore
+from backend.versions import ensure_checkpoint, served_version, version_store
 
 if TYPE_CHECKING:
     from cores.pipeline import CoresPipeline
@@ -41,18 +52,16 @@ EXIT_NO_REDIS = 3
 _MAX_FETCHERS = 8
 
 
-@dataclass
-class WorkerContext:
-    """What jobs in this process share: settings, the loaded pipeline, its model version, image fetchers."""
+class FetcherPool:
+    """Image fetchers by Label Studio connection (one per connection, kept for reuse, at most a few)."""
 
-    settings: Settings
-    pipeline: CoresPipeline
-    model_version: str
-    _fetchers: OrderedDict[tuple[str | None, str | None], ImageFetcher] = field(default_factory=OrderedDict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._fetchers: OrderedDict[tuple[str | None, str | None], ImageFetcher] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def fetcher(self, ls: LabelStudioConnection | None) -> ImageFetcher:
-        """An image fetcher for this Label Studio connection (one per connection, kept for reuse)."""
+    def get(self, ls: LabelStudioConnection | None) -> ImageFetcher:
+        """An image fetcher for this Label Studio connection."""
         key = (ls.url, ls.api_key) if ls else (None, None)
         with self._lock:
             found = self._fetchers.get(key)
@@ -71,76 +80,212 @@ class WorkerContext:
             return found
 
 
+@dataclass
+class WorkerContext:
+    """What jobs in this process share: settings, the loaded pipeline, the version it is, image fetchers.
+
+    Attributes:
+        settings: the worker's settings (``checkpoint`` is the base checkpoint, not necessarily the served).
+        pipeline: the loaded model.
+        model_version: the name of the loaded version; every prediction made with ``pipeline`` carries it.
+        checkpoint: the checkpoint ``pipeline`` was loaded from.
+        fetchers: image fetchers, kept across model reloads.
+    """
+
+    settings: Settings
+    pipeline: CoresPipeline
+    model_version: str
+    checkpoint: str
+    fetchers: FetcherPool
+
+    def fetcher(self, ls: LabelStudioConnection | None) -> ImageFetcher:
+        """An image fetcher for this Label Studio connection (one per connection, kept for reuse)."""
+        return self.fetchers.get(ls)
+
+
 class ModelHolder:
-    """Holds this process's one loaded model. Thread-safe; loading the same checkpoint again is free."""
+    """Holds this process's one loaded model and knows which version it is. Thread-safe.
+
+    ``load`` loads the version the settings serve (``backend.versions.served_version``); ``refresh``, called
+    by ``CoresWorker`` before every job, reloads when that version changed (the pointer moved, or a pin);
+    ``unload`` frees the model (the training job does, to give the fine-tuner the memory).
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._context: WorkerContext | None = None
+        self._settings: Settings | None = None
+        self._fetchers: FetcherPool | None = None
+        self._store: tuple[Settings, VersionStore] | None = None
+
+    def _versions(self, settings: Settings) -> VersionStore:
+        """The version store of ``settings`` (kept, so its pointer cache saves re-reading per job)."""
+        if self._store is None or self._store[0] != settings:
+            self._store = (settings, version_store(settings))
+        return self._store[1]
 
     @property
     def loaded(self) -> bool:
-        """True once a model is loaded."""
+        """True while a model is loaded."""
         return self._context is not None
 
+    @property
+    def settings(self) -> Settings | None:
+        """The settings of the last ``load`` (kept across ``unload``)."""
+        return self._settings
+
     def load(self, settings: Settings) -> WorkerContext:
-        """Load ``settings.checkpoint`` (unless the same checkpoint/device/dtype is already loaded).
+        """Load the version ``settings`` serve, unless the same checkpoint/device/dtype is already loaded.
+        A different one replaces the loaded model, which is freed first.
 
         Raises:
+            backend.version_store.VersionError: the pin or the pointer names a missing version.
             cores.errors.CoresError: a bad checkpoint, device or dtype.
             OSError: unreadable checkpoint files.
         """
         with self._lock:
+            served = served_version(settings, self._versions(settings))
             current = self._context
-            if current is not None and _model_key(current.settings) == _model_key(settings):
+            key = (served.checkpoint, settings.device, settings.dtype)
+            if self._fetchers is None or self._settings != settings:
+                self._fetchers = FetcherPool(settings)
+            self._settings = settings
+            if current is not None and (current.checkpoint, *_device_key(current.settings)) == key:
                 pipeline = current.pipeline
             else:
+                if current is not None:
+                    logger.info(
+                        "model version changed: %s -> %s (%s); reloading",
+                        current.model_version,
+                        served.name,
+                        served.source,
+                    )
+                    current = None  # drop every reference to the old model before freeing it
+                    self._free()
                 from cores.pipeline import CoresPipeline
 
-                if not settings.checkpoint:
-                    raise ValueError("no checkpoint configured (CORES_CHECKPOINT)")
                 logger.info(
-                    "loading CoReS checkpoint %s (device=%s, dtype=%s)",
-                    settings.checkpoint,
+                    "loading CoReS checkpoint %s, model version %s (device=%s, dtype=%s)",
+                    served.checkpoint,
+                    served.name,
                     settings.device,
                     settings.dtype,
                 )
                 pipeline = CoresPipeline.from_pretrained(
-                    settings.checkpoint, device=settings.device, dtype=settings.dtype
+                    served.checkpoint, device=settings.device, dtype=settings.dtype
                 )
-                logger.info("model loaded on %s", pipeline.device)
+                logger.info("model %s loaded on %s", served.name, pipeline.device)
             self._context = WorkerContext(
-                settings=settings, pipeline=pipeline, model_version=model_version(settings)
+                settings=settings,
+                pipeline=pipeline,
+                model_version=served.name,
+                checkpoint=served.checkpoint,
+                fetchers=self._fetchers,
             )
             return self._context
 
+    def refresh(self) -> WorkerContext | None:
+        """Reload when the served version is not the loaded one (cheap otherwise: one ``stat``). Without
+        settings (nothing was ever loaded) it does nothing.
+
+        Raises:
+            as ``load``.
+        """
+        with self._lock:
+            if self._settings is None:
+                return None
+            current = self._context
+            if current is not None:
+                served = served_version(self._settings, self._versions(self._settings))
+                if served.name == current.model_version and served.checkpoint == current.checkpoint:
+                    return current
+            return self.load(self._settings)
+
+    def unload(self) -> None:
+        """Free the loaded model (its GPU memory too); the next ``get``/``refresh`` loads again."""
+        with self._lock:
+            if self._context is not None:
+                logger.info("unloading model %s", self._context.model_version)
+                self._free()
+
+    def _free(self) -> None:
+        self._context = None
+        if "cores.devices" in sys.modules:  # a model was loaded: torch is there to ask
+            from cores.devices import release_memory
+
+            release_memory()
+
+    def fetchers(self) -> FetcherPool:
+        """The image fetchers (settings from the last ``load``, else the environment)."""
+        with self._lock:
+            if self._fetchers is None:
+                self._fetchers = FetcherPool(self._settings or Settings.from_env())
+            return self._fetchers
+
     def get(self) -> WorkerContext:
-        """The loaded context; loads from the environment first if nothing was loaded (with a warning:
-        workers should load at start, before taking jobs)."""
+        """The loaded context; loads first if nothing is loaded (from the environment when nothing was ever
+        loaded, with a warning: workers should load at start, before taking jobs)."""
         context = self._context
         if context is None:
-            logger.warning(
-                "a job needs the model before the worker loaded it: loading from the environment now"
-            )
-            context = self.load(ensure_checkpoint(Settings.from_env()))
+            with self._lock:
+                if self._context is not None:
+                    return self._context
+                if self._settings is None:
+                    logger.warning(
+                        "a job needs the model before the worker loaded it: loading from the environment now"
+                    )
+                    return self.load(ensure_checkpoint(Settings.from_env()))
+                return self.load(self._settings)
         return context
 
 
-def _model_key(settings: Settings) -> tuple[str | None, str | None, str | None]:
-    """What decides whether a loaded model can be reused: checkpoint, device, dtype."""
-    return settings.checkpoint, settings.device, settings.dtype
+def _device_key(settings: Settings) -> tuple[str | None, str | None]:
+    """Besides the checkpoint, what decides whether a loaded model can be reused: device, dtype."""
+    return settings.device, settings.dtype
 
 
 _HOLDER = ModelHolder()
 
 
 def load_model(settings: Settings) -> WorkerContext:
-    """Load the model into this process's holder (see ``ModelHolder.load``)."""
+    """Load the served model version into this process's holder (see ``ModelHolder.load``)."""
     return _HOLDER.load(settings)
+
+
+def refresh_model() -> WorkerContext | None:
+    """Reload if the served version changed (see ``ModelHolder.refresh``)."""
+    return _HOLDER.refresh()
+
+
+def unload_model() -> None:
+    """Free this process's model (see ``ModelHolder.unload``)."""
+    _HOLDER.unload()
+
+
+def worker_settings() -> Settings:
+    """The settings this process's model was loaded with, else the environment's."""
+    return _HOLDER.settings or ensure_checkpoint(Settings.from_env())
+
+
+def image_fetcher(ls: LabelStudioConnection | None) -> ImageFetcher:
+    """This process's image fetcher for a Label Studio connection (shared with prediction jobs)."""
+    return _HOLDER.fetchers().get(ls)
 
 
 def get_context() -> WorkerContext:
     """This process's worker context (see ``ModelHolder.get``)."""
+    return _HOLDER.get()
+
+
+def serving_context() -> WorkerContext:
+    """The context with the version served now: reloads first when it changed (``ModelHolder.refresh``).
+    ``CoresWorker`` already refreshes before each job; jobs call this once at their start too, so that a
+    job run by any worker serves the current version, and never switches models midway.
+
+    Raises:
+        as ``ModelHolder.load``: the served version cannot be loaded (the job fails with that error).
+    """
+    _HOLDER.refresh()
     return _HOLDER.get()
 
 
@@ -149,20 +294,34 @@ def get_pipeline() -> CoresPipeline:
     return _HOLDER.get().pipeline
 
 
+class CoresWorker(GracefulWorker):
+    """rq's non-forking worker that, before each job, reloads the model when the served version changed
+    (a published fine-tune, ``versions pin``/``rollback``): workers switch versions between jobs, without a
+    restart. A failed reload is logged and the job runs anyway (it fails with the loading error)."""
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            refresh_model()
+        except Exception:  # the model cannot be reloaded: log it, let the job report its own failure
+            logger.exception("cannot switch to the served model version before job %s", job.id)
+        super().execute_job(job, queue)
+
+
 def build_worker(
     connection: redis.Redis,
     settings: Settings,
     *,
     queues: Sequence[str] = QUEUE_NAMES,
     name: str | None = None,
-) -> SimpleWorker:
-    """A non-forking rq worker on ``queues`` (priority order) with the JSON serializer."""
-    return SimpleWorker(
+) -> CoresWorker:
+    """A non-forking rq worker (``CoresWorker``) on ``queues`` (priority order) with the JSON serializer."""
+    return CoresWorker(
         [get_queue(connection, queue) for queue in queues],
         connection=connection,
         name=name,
         serializer=SERIALIZER,
         default_result_ttl=settings.result_ttl,
+        shutdown_grace=settings.shutdown_grace,
     )
 
 
@@ -186,8 +345,12 @@ def run_worker(
     try:
         settings = ensure_checkpoint(settings)
         context = load_model(settings)
-    except (CoresError, OSError, ValueError, RuntimeError) as exc:
-        logger.critical("cannot load the CoReS checkpoint %r: %s", settings.checkpoint, exc)
+    except (CoresError, OSError, ValueError, RuntimeError) as exc:  # VersionError is a ValueError
+        logger.critical(
+            "cannot load the CoReS checkpoint of the served model version (base %r): %s",
+            settings.checkpoint,
+            exc,
+        )
         return EXIT_BAD_MODEL
     worker = build_worker(connection, settings, queues=queues, name=name)
     logger.info(

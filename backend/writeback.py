@@ -39,12 +39,17 @@ def has_prediction(client: LabelStudio, task_id: int, model_version: str) -> boo
 
 
 def write_predictions(
-    client: LabelStudio, items: Iterable[tuple[int, Mapping[str, Any]]], model_version: str
+    client: LabelStudio,
+    items: Iterable[tuple[int, Mapping[str, Any]]],
+    model_version: str,
+    project: int | None = None,
 ) -> WriteBackReport:
     """Create one prediction per ``(task_id, prediction)`` unless the task has one of ``model_version``.
 
-    ``prediction`` is a ``backend.results.build_prediction`` dict (``result``, ``score``). Errors are
-    recorded per task (``report.failed``) and never stop the other tasks.
+    ``prediction`` is a ``backend.results.build_prediction`` dict (``result``, ``score``); ``project`` is
+    the tasks' Label Studio project (sent with each prediction: Label Studio 1.23 warns for every
+    prediction created without it). Errors are recorded per task (``report.failed``) and never stop the
+    other tasks.
     """
     report = WriteBackReport()
     for task_id, prediction in items:
@@ -53,11 +58,13 @@ def write_predictions(
                 report.skipped.append(task_id)
                 logger.info("task %s already has a %s prediction: not written again", task_id, model_version)
                 continue
+            extra: dict[str, Any] = {"project": project} if project is not None else {}
             client.predictions.create(
                 task=task_id,
                 result=list(prediction["result"]),
                 score=float(prediction.get("score") or 0.0),
                 model_version=model_version,
+                **extra,
             )
             report.created.append(task_id)
         except Exception as exc:  # the SDK raises ApiError, httpx errors, pydantic errors

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import io
 import json
 import os
 import socket
@@ -60,7 +59,9 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"))
     parser.add_argument("--image-size", default="768x1024")
@@ -71,22 +72,45 @@ def main() -> int:
     connection.flushdb()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, "-m", "cores", "make-tiny-checkpoint", str(work / "ck")], check=True,
-                       capture_output=True, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, "-m", "cores", "make-tiny-checkpoint", str(work / "ck")],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
         images = work / "images"
         images.mkdir()
         rng = np.random.default_rng(0)
         for i in range(8):
-            Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(images / f"{i}.jpg", quality=90)
+            Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(
+                images / f"{i}.jpg", quality=90
+            )
         image_server, image_base = _serve_images(images)
         port = _free_port()
-        env = {**os.environ, "CORES_CHECKPOINT": str(work / "ck"), "REDIS_URL": args.redis, "PORT": str(port),
-               "MODEL_DIR": str(work / "models"), "ALLOW_PRIVATE_NETWORKS": "true", "CORES_DEVICE": "cpu"}
+        env = {
+            **os.environ,
+            "CORES_CHECKPOINT": str(work / "ck"),
+            "REDIS_URL": args.redis,
+            "PORT": str(port),
+            "MODEL_DIR": str(work / "models"),
+            "ALLOW_PRIVATE_NETWORKS": "true",
+            "CORES_DEVICE": "cpu",
+        }
         procs = [
-            subprocess.Popen([sys.executable, "-m", "backend", "serve"], env=env, cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-            subprocess.Popen([sys.executable, "-m", "backend", "worker"], env=env, cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            subprocess.Popen(
+                [sys.executable, "-m", "backend", "serve"],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+            subprocess.Popen(
+                [sys.executable, "-m", "backend", "worker"],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
         ]
         url = f"http://127.0.0.1:{port}"
         try:
@@ -109,9 +133,18 @@ def main() -> int:
                     "tasks": [{"id": i + 1, "data": {"image": f"{image_base}/{i % 8}.jpg"}}],
                     "project": "1.1",
                     "label_config": config,
-                    "params": {"context": {"result": [{"from_name": "prompt", "to_name": "image",
-                                                       "type": "textarea",
-                                                       "value": {"text": [QUERIES[i % len(QUERIES)]]}}]}},
+                    "params": {
+                        "context": {
+                            "result": [
+                                {
+                                    "from_name": "prompt",
+                                    "to_name": "image",
+                                    "type": "textarea",
+                                    "value": {"text": [QUERIES[i % len(QUERIES)]]},
+                                }
+                            ]
+                        }
+                    },
                 }
                 start = time.perf_counter()
                 answer = session.post(f"{url}/predict", json=body, timeout=60)
@@ -130,13 +163,15 @@ def main() -> int:
                 job_id = key.decode().split(":", 2)[2]
                 try:
                     job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
-                except Exception:  # noqa: BLE001 - other records under the prefix
+                except Exception:
                     continue
                 value = job.return_value()
                 if isinstance(value, dict) and "timings" in value and job.started_at and job.enqueued_at:
                     split = dict(value["timings"])
                     split["queue_wait_ms"] = (job.started_at - job.enqueued_at).total_seconds() * 1000
-                    split["job_ms"] = (job.ended_at - job.started_at).total_seconds() * 1000 if job.ended_at else 0
+                    split["job_ms"] = (
+                        (job.ended_at - job.started_at).total_seconds() * 1000 if job.ended_at else 0
+                    )
                     timings.append(split)
             timings = timings[-args.requests :]
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import torch
 
 from cores.errors import DeviceError
@@ -14,6 +16,14 @@ DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
 }
+
+
+def release_memory() -> None:
+    """Return freed tensors' memory: collect garbage, then empty the CUDA caching allocator (when CUDA is
+    in use). Call it after dropping the last reference to a model."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def resolve_device(name: str | None) -> torch.device:

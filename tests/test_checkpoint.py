@@ -240,3 +240,42 @@ def test_full_size_layout_missing_a_layer_fails_on_meta():
     tensors = ((k, torch.empty(s, device="meta")) for k, s in shapes.items())
     with pytest.raises(CheckpointError, match=r"layers\.31\.mlp\.down_proj"):
         assign_weights(model, tensors, dtype=torch.bfloat16, device=torch.device("meta"))
+
+
+def test_hub_id_resolves_through_the_hugging_face_cache_offline(tiny_checkpoint, tmp_path):
+    """A hub id loads from the hub cache (the released layout in ``models--org--name/snapshots/<rev>``),
+    with no network: the same code path a worker with ``CORES_CHECKPOINT=Shawnee-bxy/CoReS`` takes."""
+    import os
+    import subprocess
+    import sys
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-cores"
+    shutil.copytree(tiny_checkpoint, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    code = (
+        "from cores.checkpoint import load_checkpoint\n"
+        "loaded = load_checkpoint('someone/tiny-cores')\n"
+        "print(loaded.path)\n"
+        "print(loaded.model.chain_tokens)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2] == str(repo / "snapshots" / revision)
+    assert lines[-1] == "('[SEG_SEMA]', '[SEG]')"
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from cores.checkpoint import load_checkpoint; load_checkpoint('someone/absent')",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode != 0
+    assert "could not be fetched from the Hugging Face hub or found in its cache" in missing.stderr

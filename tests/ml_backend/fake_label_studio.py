@@ -1,9 +1,10 @@
 """A small stand-in for Label Studio's REST API, run in a thread, for backend tests without a real server.
 
 It implements just what the backend calls through label-studio-sdk (projects.get, tasks.list with pages,
-predictions.list by task or project, predictions.create) and serves images: ``/data/upload/...`` needs
-``Authorization: Token <token>`` like Label Studio; ``/images/<name>`` is open. It records the
-predictions it receives. The real-server end-to-end tests live in ``tests/e2e``.
+predictions.list by task or project, predictions.create, predictions.get, ml.list, webhooks.list and
+webhooks.update) and serves images: ``/data/upload/...`` needs ``Authorization: Token <token>`` like Label
+Studio; ``/images/<name>`` is open. It records the predictions it receives and the API calls made
+(``calls``). The real-server end-to-end tests live in ``tests/e2e``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import io
 import itertools
 import threading
+import time
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -51,6 +53,11 @@ class FakeLabelStudio:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     predictions: list[dict[str, Any]] = field(default_factory=list)
     images: dict[str, bytes] = field(default_factory=dict)
+    ml_backends: list[dict[str, Any]] = field(default_factory=list)
+    webhooks: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    prediction_delay_s: float = 0.0
+    """Seconds ``GET /api/predictions/<id>/`` takes (to show a caller does not wait for it)."""
     url: str = ""
     _server: BaseWSGIServer | None = None
     _thread: threading.Thread | None = None
@@ -66,8 +73,48 @@ class FakeLabelStudio:
         app = Flask("fake_label_studio")
 
         def authorized() -> None:
+            with self._lock:
+                self.calls.append(f"{request.method} {request.path}")
             if request.headers.get("Authorization") != f"Token {TOKEN}":
                 abort(401)
+
+        def by_project(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            if "project" not in request.args:
+                return list(items)
+            return [item for item in items if item.get("project") == int(request.args["project"])]
+
+        @app.get("/api/ml/")
+        def list_ml() -> Response:
+            authorized()
+            with self._lock:
+                return jsonify(by_project(self.ml_backends))
+
+        @app.get("/api/webhooks/")
+        def list_webhooks() -> Response:
+            authorized()
+            with self._lock:
+                return jsonify(by_project(self.webhooks))
+
+        @app.patch("/api/webhooks/<int:hook_id>/")
+        def update_webhook(hook_id: int) -> Response:
+            authorized()
+            body = request.get_json(force=True)
+            with self._lock:
+                for hook in self.webhooks:
+                    if hook["id"] == hook_id:
+                        hook.update({k: v for k, v in body.items() if k in ("headers", "url", "is_active")})
+                        return jsonify(hook)
+            abort(404)
+
+        @app.get("/api/predictions/<int:prediction_id>/")
+        def get_prediction(prediction_id: int) -> Response:
+            authorized()
+            time.sleep(self.prediction_delay_s)
+            with self._lock:
+                for prediction in self.predictions:
+                    if prediction["id"] == prediction_id:
+                        return jsonify(prediction)
+            abort(404)
 
         @app.get("/api/projects/<int:project>/")
         def project(project: int) -> Response:
@@ -106,6 +153,7 @@ class FakeLabelStudio:
                     "result": body["result"],
                     "score": body.get("score"),
                     "model_version": body.get("model_version"),
+                    "project": body.get("project"),
                 }
                 self.predictions.append(record)
             response = jsonify(record)

@@ -165,6 +165,7 @@ def test_late_batch_predictions_are_written_back_by_the_job_and_not_answered(
     assert work(worker)
     [written] = fake_ls.predictions_for(11)
     assert written["model_version"] == "cores-cores"
+    assert written["project"] == 1  # Label Studio warns for every prediction created without it
     assert [r["value"]["brushlabels"] for r in written["result"]] == [["Level 1"], ["Level 2"]]
     assert (written["result"][0]["original_width"], written["result"][0]["original_height"]) == (16, 12)
 

@@ -138,9 +138,13 @@ def test_webhook_accepts_handled_actions_and_ignores_others(
     assert client.post("/webhook", json={"no": "action"}).status_code == 400
 
 
-def test_default_webhook_handler_accepts_without_recording(client: FlaskClient) -> None:
+def test_default_webhook_handler_records_in_the_correction_store(
+    client: FlaskClient, settings: Settings
+) -> None:
     answer = client.post("/webhook", json={"action": "ANNOTATION_DELETED", "annotation": {"id": 3}})
-    assert answer.get_json() == {"status": "accepted", "action": "ANNOTATION_DELETED"}
+    assert answer.get_json()["status"] == "deleted"
+    assert answer.get_json()["action"] == "ANNOTATION_DELETED"
+    assert (settings.model_dir / "corrections.sqlite3").is_file()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,421 @@
+"""Model versions on disk: fine-tunes published under ``MODEL_DIR/versions``, the pointer to the served one.
+
+Layout::
+
+    MODEL_DIR/versions/
+        current                 # JSON pointer: {"version", "pinned", "previous", "updated_at", "reason"}
+        v1-20250301-100000/     # a published version: a checkpoint (released layout) plus
+            version.json        #   {"name", "parent", "created_at", "samples", "metrics", "training", ...}
+            finetune.json       #   the fine-tune report
+            config.json, *.safetensors, tokenizer files, ...
+
+The base checkpoint (``CORES_CHECKPOINT``) is the implicit first version; its name is ``model_version``'s
+(``cores-<checkpoint name>`` or ``MODEL_VERSION``) and it has no folder here.
+
+Which version is served (``VersionStore.served``): the pin ``CORES_MODEL_VERSION`` when set, else the
+version the pointer names, else the base. The pointer is a small file replaced atomically (write a temporary
+file, fsync, ``os.replace``), never a symlink; readers cache it by ``stat`` (inode, size, mtime), so asking
+"which version?" per request costs one ``stat`` call. A version folder appears atomically too: the trainer
+writes into a staging folder and ``publish`` renames it into place, so a reader never sees half a
+checkpoint. Pointer changes (publish, pin, rollback) take an ``flock`` on ``versions/.lock``.
+
+Nothing here imports torch: the web process reads versions per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+logger = logging.getLogger(__name__)
+
+VERSIONS_DIR = "versions"
+POINTER_FILE = "current"
+VERSION_FILE = "version.json"
+PIN_ENV = "CORES_MODEL_VERSION"
+"""Environment variable that pins the served version (a name from ``versions list``)."""
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+"""What a version name may look like: it is a folder name and Label Studio's ``model_version``."""
+RESERVED_NAMES = frozenset({POINTER_FILE})
+_PUBLISHED = re.compile(r"^v(\d+)-")
+_LOCK_FILE = ".lock"
+
+Source = Literal["pin", "pointer", "base"]
+
+
+class VersionError(ValueError):
+    """A version name that does not exist or cannot be used; the message says which ones do."""
+
+
+def check_name(name: str, what: str = "version name") -> str:
+    """``name`` if it is a usable version name (see ``NAME_PATTERN``).
+
+    Raises:
+        VersionError: an empty, reserved or unsafe name.
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in RESERVED_NAMES:
+        raise VersionError(
+            f"{what} {name!r} is not usable: expected letters, digits, '.', '_' or '-' (at most 128, "
+            f"not starting with '.', '_' or '-'), and not {sorted(RESERVED_NAMES)}"
+        )
+    return name
+
+
+def utc_now() -> str:
+    """The current time as UTC ISO 8601 with microseconds (sortable as text)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One servable version.
+
+    Attributes:
+        name: the version string predictions carry.
+        checkpoint: what ``CoresPipeline.from_pretrained`` loads (a folder, or the base's hub id).
+        parent: the version it was fine-tuned from (None for the base).
+        created_at: UTC ISO time of publication (None for the base).
+        base: True for the implicit first version (``CORES_CHECKPOINT``).
+        info: the whole ``version.json`` (empty for the base).
+    """
+
+    name: str
+    checkpoint: str
+    parent: str | None = None
+    created_at: str | None = None
+    base: bool = False
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe summary (``info`` included)."""
+        return {
+            "name": self.name,
+            "checkpoint": self.checkpoint,
+            "parent": self.parent,
+            "created_at": self.created_at,
+            "base": self.base,
+            **{k: v for k, v in self.info.items() if k not in ("name", "parent", "created_at")},
+        }
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """The content of ``versions/current``."""
+
+    version: str
+    pinned: bool = False
+    previous: str | None = None
+    updated_at: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "pinned": self.pinned,
+            "previous": self.previous,
+            "updated_at": self.updated_at,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """The version to serve now, and why: ``source`` is ``pin`` (``CORES_MODEL_VERSION``), ``pointer``
+    (``versions/current``) or ``base`` (no pointer yet)."""
+
+    version: ModelVersion
+    source: Source
+    pinned: bool
+
+    @property
+    def name(self) -> str:
+        return self.version.name
+
+    @property
+    def checkpoint(self) -> str:
+        return self.version.checkpoint
+
+
+@dataclass(frozen=True)
+class Published:
+    """What ``VersionStore.publish`` did: the new version, and whether it became the current one (it does
+    not while a pin is in force; ``held_by`` then names the pin)."""
+
+    version: ModelVersion
+    current: bool
+    held_by: str | None = None
+
+
+class VersionStore:
+    """The versions under ``model_dir/versions`` plus the implicit base version. Thread-safe; processes
+    coordinate through the lock file.
+
+    Args:
+        model_dir: ``MODEL_DIR``.
+        base_name: the base checkpoint's version name.
+        base_checkpoint: the base checkpoint (folder or hub id).
+    """
+
+    def __init__(self, model_dir: Path, base_name: str, base_checkpoint: str) -> None:
+        self.root = Path(model_dir) / VERSIONS_DIR
+        self.base = ModelVersion(name=base_name, checkpoint=base_checkpoint, base=True)
+        self._lock = threading.Lock()
+        self._cached: tuple[tuple[int, int, int], Pointer] | None = None
+
+    @property
+    def pointer_path(self) -> Path:
+        return self.root / POINTER_FILE
+
+    # ---- reading ----------------------------------------------------------------------------------------
+
+    def read_pointer(self) -> Pointer | None:
+        """The pointer, or None when none was written yet. Re-read only when its file changed (``stat``).
+
+        Raises:
+            VersionError: a pointer file that is not the JSON this module writes.
+        """
+        try:
+            st = os.stat(self.pointer_path)
+        except FileNotFoundError:
+            return None
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if self._cached is not None and self._cached[0] == key:
+                return self._cached[1]
+        try:
+            data = json.loads(self.pointer_path.read_text(encoding="utf-8"))
+            pointer = Pointer(
+                version=str(data["version"]),
+                pinned=bool(data.get("pinned", False)),
+                previous=data.get("previous"),
+                updated_at=data.get("updated_at"),
+                reason=data.get("reason"),
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise VersionError(
+                f"{self.pointer_path} is not a version pointer ({exc}); fix it with "
+                "`python -m backend versions pin NAME`"
+            ) from exc
+        with self._lock:
+            self._cached = (key, pointer)
+        return pointer
+
+    def get(self, name: str) -> ModelVersion:
+        """The version called ``name`` (the base's name gives the base).
+
+        Raises:
+            VersionError: no such version.
+        """
+        if name == self.base.name:
+            return self.base
+        folder = self.root / name
+        meta = folder / VERSION_FILE
+        if not NAME_PATTERN.match(name) or name in RESERVED_NAMES or not meta.is_file():
+            known = ", ".join(v.name for v in self.list())
+            raise VersionError(f"no model version {name!r}; known versions: {known}")
+        return self._read(folder)
+
+    def _read(self, folder: Path) -> ModelVersion:
+        try:
+            info = json.loads((folder / VERSION_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise VersionError(f"{folder / VERSION_FILE} cannot be read: {exc}") from exc
+        return ModelVersion(
+            name=folder.name,
+            checkpoint=str(folder),
+            parent=info.get("parent"),
+            created_at=info.get("created_at"),
+            info=info,
+        )
+
+    def list(self) -> list[ModelVersion]:
+        """Every version: the base first, then the published ones, oldest first."""
+        published = []
+        if self.root.is_dir():
+            for folder in self.root.iterdir():
+                if folder.is_dir() and NAME_PATTERN.match(folder.name) and (folder / VERSION_FILE).is_file():
+                    try:
+                        published.append(self._read(folder))
+                    except VersionError as exc:
+                        logger.warning("skipping an unreadable version: %s", exc)
+        published.sort(key=lambda v: (v.created_at or "", v.name))
+        return [self.base, *published]
+
+    def served(self, pin: str | None = None) -> ServedVersion:
+        """The version to serve: ``pin`` (``CORES_MODEL_VERSION``) if given, else the pointer's, else base.
+
+        Raises:
+            VersionError: the pin or the pointer names a version that does not exist, or the pointer file
+                is unreadable.
+        """
+        if pin:
+            try:
+                return ServedVersion(self.get(pin), "pin", True)
+            except VersionError as exc:
+                raise VersionError(f"{PIN_ENV}={pin}: {exc}") from None
+        pointer = self.read_pointer()
+        if pointer is None:
+            return ServedVersion(self.base, "base", False)
+        try:
+            return ServedVersion(self.get(pointer.version), "pointer", pointer.pinned)
+        except VersionError as exc:
+            raise VersionError(
+                f"{self.pointer_path} names a missing version: {exc}; "
+                "choose one with `python -m backend versions pin NAME`"
+            ) from None
+
+    # ---- writing ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's inter-process lock (``versions/.lock``)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / _LOCK_FILE, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _write_pointer(self, pointer: Pointer) -> None:
+        """Atomically replace the pointer file (callers hold ``locked()``)."""
+        tmp = self.root / f".{POINTER_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(pointer.to_json(), handle, indent=1)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.pointer_path)
+        _fsync_dir(self.root)
+        logger.info("model version pointer -> %s (%s)", pointer.version, pointer.reason)
+
+    def set_current(self, name: str, *, pinned: bool, reason: str) -> Pointer:
+        """Point ``current`` at ``name`` (which must exist).
+
+        Raises:
+            VersionError: no such version.
+        """
+        with self.locked():
+            self.get(name)
+            old = self.read_pointer()
+            previous = old.version if old is not None else self.base.name
+            pointer = Pointer(name, pinned, previous, utc_now(), reason)
+            self._write_pointer(pointer)
+            return pointer
+
+    def unpin(self) -> Pointer:
+        """Keep the current version but let the next published version replace it."""
+        with self.locked():
+            old = self.read_pointer()
+            pointer = Pointer(
+                old.version if old is not None else self.base.name,
+                False,
+                old.previous if old is not None else None,
+                utc_now(),
+                "unpinned",
+            )
+            self._write_pointer(pointer)
+            return pointer
+
+    def rollback(self) -> Pointer:
+        """Point ``current`` at the parent of the version it names now, pinned (a later training run
+        publishes but does not serve until ``unpin`` or ``pin``). ``CORES_MODEL_VERSION``, when set, still
+        overrides the pointer.
+
+        Raises:
+            VersionError: the current version is the base (it has no parent).
+        """
+        with self.locked():
+            served = self.served()
+            parent = served.version.parent
+            if parent is None:
+                raise VersionError(f"{served.name} is the base version: there is nothing to roll back to")
+            self.get(parent)
+            pointer = Pointer(parent, True, served.name, utc_now(), f"rolled back from {served.name}")
+            self._write_pointer(pointer)
+            return pointer
+
+    def next_name(self, when: datetime | None = None) -> str:
+        """A fresh published-version name: ``v<N>-<YYYYMMDD>-<HHMMSS>`` with N one above the highest."""
+        highest = 0
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                found = _PUBLISHED.match(entry.name)
+                if found:
+                    highest = max(highest, int(found.group(1)))
+        stamp = (when or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+        return f"v{highest + 1}-{stamp}"
+
+    def publish(
+        self, staged: Path, info: Mapping[str, Any], *, pin: str | None = None, reason: str = "published"
+    ) -> Published:
+        """Move the checkpoint folder ``staged`` into the store as a new version and, unless a pin holds
+        the pointer (``pin``, i.e. ``CORES_MODEL_VERSION``, or a pinned pointer), make it current.
+
+        ``info`` becomes ``version.json`` together with ``name`` and ``created_at``; it should hold
+        ``parent``. ``staged`` must be on the same file system as ``MODEL_DIR`` (the move is a rename).
+
+        Raises:
+            VersionError: ``staged`` is not a checkpoint folder, or its parent version does not exist.
+        """
+        if not (staged / "config.json").is_file():
+            raise VersionError(f"{staged} holds no checkpoint (config.json): nothing to publish")
+        parent = info.get("parent")
+        with self.locked():
+            if parent is not None:
+                self.get(str(parent))
+            for _ in range(1000):
+                name = self.next_name()
+                meta = {"name": name, "created_at": utc_now(), **dict(info)}
+                (staged / VERSION_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+                try:
+                    staged.rename(self.root / name)  # fails when a folder of that name exists
+                except OSError:
+                    if not (self.root / name).exists():
+                        raise
+                    continue
+                break
+            else:  # pragma: no cover - a thousand concurrent publishers
+                raise VersionError("could not find a free version name")
+            _fsync_dir(self.root)
+            version = self._read(self.root / name)
+            old = self.read_pointer()
+            held_by = f"{PIN_ENV}={pin}" if pin else None
+            if held_by is None and old is not None and old.pinned:
+                held_by = f"the pointer is pinned to {old.version}"
+            if held_by is None:
+                previous = old.version if old is not None else self.base.name
+                self._write_pointer(Pointer(name, False, previous, utc_now(), reason))
+        logger.info(
+            "published model version %s (parent %s)%s",
+            name,
+            parent,
+            f"; not served: {held_by}" if held_by else "; it is now current",
+        )
+        return Published(version, held_by is None, held_by)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (best effort: some file systems refuse directory fsync)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

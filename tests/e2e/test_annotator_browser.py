@@ -1,0 +1,289 @@
+"""What an annotator does, in a real browser: log in, open a task, ask CoReS for masks, accept, submit.
+
+Everything is real: Label Studio 1.23.2 (``label_studio`` fixture), the backend (``python -m backend serve``
+plus one ``python -m backend worker`` on the tiny checkpoint), Debian's Chromium driven by Python
+Playwright's bundled driver (``scripts/setup_browser.sh`` installs Chromium; no browser is downloaded).
+
+The interactive flow in Label Studio 1.23's labeling UI: with the ML backend connected as interactive and the
+"Auto-Annotation" toggle (bottom bar) on, adding text to the prompt TextArea (Shift+Enter or "Add") makes
+Label Studio call ``POST /api/ml/<id>/interactive-annotating``, which sends the TextArea result as
+``context`` to the backend's /predict. The answer shows as suggestions ("2 suggestions", accept/reject);
+accepted, they become one brush region per chain level in the Regions panel. Submitting the annotation
+fires the ANNOTATION_CREATED webhook, which the backend records in its correction store.
+
+Screenshots of every step go to ``artifacts/browser/`` (gitignored); on failure also ``failure.png`` and
+``failure.html``. Environment: ``CHROMIUM`` (default ``/usr/bin/chromium``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from label_studio_sdk.converter.brush import decode_rle
+from PIL import Image
+from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
+
+from backend.label_config import parse_label_config, shipped_label_config
+from tests.backend_server import REPO_ROOT, BackendServer
+from tests.e2e.label_studio import LabelStudioServer
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = REPO_ROOT / "artifacts" / "browser"
+QUERY = "the thing you would use to cut the bread"
+SHIPPED_CONFIG = shipped_label_config()
+LEVEL_LABELS = list(parse_label_config(SHIPPED_CONFIG).labels)  # level 1, level 2, in the config's order
+PROMPT_PLACEHOLDER = ET.fromstring(SHIPPED_CONFIG).find("TextArea").get("placeholder")  # type: ignore[union-attr]
+IMAGE_SIZE = (128, 96)  # width, height
+UI_TIMEOUT_MS = 60_000
+RECORD_WAIT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def backend(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_checkpoint: Path,
+    redis_url: str,
+    label_studio: LabelStudioServer,
+) -> Iterator[BackendServer]:
+    """The backend (web + one worker) with Label Studio's URL and key, on the tests' Redis (flushed)."""
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushdb()
+    try:
+        with BackendServer(
+            tmp_path_factory.mktemp("browser-backend"),
+            checkpoint=tiny_checkpoint,
+            redis_url=redis_url,
+            env={"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token},
+        ) as server:
+            yield server
+    finally:
+        conn.flushdb()
+        conn.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[BrowserContext]:
+    """Debian's Chromium (headless, fresh profile) through Playwright's bundled driver."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup_browser.sh` (as root)", pytrace=False)
+    with sync_playwright() as playwright:
+        context = _launch(playwright, tmp_path / "chromium-profile")
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        context.set_default_navigation_timeout(UI_TIMEOUT_MS)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def _launch(playwright: Playwright, profile: Path) -> BrowserContext:
+    return playwright.chromium.launch_persistent_context(
+        str(profile),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=CHROMIUM_FLAGS,
+        viewport={"width": 1600, "height": 1000},
+    )
+
+
+class Shots:
+    """Numbered screenshots of the steps in ``ARTIFACTS`` (emptied first)."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.count = 0
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for old in ARTIFACTS.iterdir():
+            if old.is_file():
+                old.unlink()
+
+    def take(self, step: str) -> None:
+        self.count += 1
+        self.page.screenshot(path=str(ARTIFACTS / f"{self.count:02d}-{step}.png"), full_page=True)
+
+    @contextmanager
+    def on_failure(self) -> Iterator[None]:
+        """Save ``failure.png`` and ``failure.html`` when the block raises."""
+        try:
+            yield
+        except BaseException:
+            try:
+                self.page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+                (ARTIFACTS / "failure.html").write_text(self.page.content())
+            except Exception as exc:  # the page itself may be gone; keep the original error
+                (ARTIFACTS / "failure.txt").write_text(f"could not capture the page: {exc}")
+            raise
+
+
+def _png(width: int, height: int) -> bytes:
+    pixels = (np.random.default_rng(7).random((height, width, 3)) * 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _project_with_uploaded_image(label_studio: LabelStudioServer, backend: BackendServer) -> tuple[int, int]:
+    """A project on the shipped config, one uploaded image task, the backend connected as interactive."""
+    client = label_studio.sdk()
+    project = client.projects.create(title="annotator in a browser", label_config=SHIPPED_CONFIG)
+    assert project.id is not None
+    label_studio.api(
+        "POST",
+        f"/api/projects/{project.id}/import",
+        files={"file": ("kitchen.png", _png(*IMAGE_SIZE), "image/png")},
+    )
+    tasks = list(client.tasks.list(project=project.id))
+    assert len(tasks) == 1
+    assert str(tasks[0].data["image"]).startswith("/data/upload/")
+    client.ml.create(project=project.id, url=backend.url, is_interactive=True, title="CoReS")
+    assert tasks[0].id is not None
+    return project.id, tasks[0].id
+
+
+def _wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def _corrections(backend: BackendServer, project: int) -> list[dict[str, Any]]:
+    """``python -m backend corrections list --json`` on the backend's correction store."""
+    store = backend.workdir / "models" / "corrections.sqlite3"
+    if not store.is_file():
+        return []
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backend",
+            "corrections",
+            "list",
+            "--json",
+            "--db",
+            str(store),
+            "--project",
+            str(project),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_annotator_gets_one_mask_per_level_from_a_query_and_the_correction_is_recorded(
+    label_studio: LabelStudioServer, backend: BackendServer, browser: BrowserContext
+) -> None:
+    project, task = _project_with_uploaded_image(label_studio, backend)
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    shots = Shots(page)
+    with shots.on_failure():
+        # 1. log in through Label Studio's login page
+        page.goto(f"{label_studio.url}/user/login/")
+        shots.take("login-page")
+        page.fill("#email", label_studio.username)
+        page.fill("#password", label_studio.password)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(lambda url: "/user/login" not in url)
+        shots.take("logged-in")
+
+        # 2. open the task in the labeling view of the data manager
+        page.goto(f"{label_studio.url}/projects/{project}/data?task={task}")
+        prompt = page.get_by_placeholder(PROMPT_PLACEHOLDER)
+        prompt.wait_for()
+        page.locator(".lsf-main-content img, .lsf-main-content canvas").first.wait_for()
+        shots.take("task-open")
+
+        # 3. switch Auto-Annotation on (the toggle's input is hidden behind its label)
+        toggle = page.get_by_test_id("bottombar-auto-annotation-toggle")
+        assert not toggle.is_checked()
+        page.get_by_text("Auto-Annotation", exact=True).click()
+        _wait_until(toggle.is_checked, 10, "the Auto-Annotation toggle to switch on")
+        shots.take("auto-annotation-on")
+
+        # 4. type the query and add it: Label Studio asks the backend for an interactive prediction
+        prompt.fill(QUERY)
+        with page.expect_response(lambda r: "/interactive-annotating" in r.url) as answer:
+            prompt.press("Shift+Enter")
+        assert answer.value.status == 200, answer.value.text()
+        accept = page.get_by_test_id("bottombar-accept-suggestions-button")
+        accept.wait_for()
+        suggestions = page.locator(".lsf-auto-accept__info").inner_text().strip()
+        assert suggestions == f"{len(LEVEL_LABELS)} suggestions"
+        shots.take("suggestions")
+
+        # 5. accept the suggestions: one brush region per chain level, labelled with the level's label
+        accept.click()
+        titles = page.locator(".lsf-outliner-item .lsf-outliner-item__title")
+        _wait_until(lambda: titles.count() == len(LEVEL_LABELS), 20, "one region per level")
+        assert [t.strip() for t in titles.all_inner_texts()] == LEVEL_LABELS
+        assert page.locator(".lsf-outliner-item").count() == len(LEVEL_LABELS)
+        shots.take("regions")
+
+        # 6. submit the annotation
+        with page.expect_response(
+            lambda r: f"/api/tasks/{task}/annotations" in r.url and r.request.method == "POST"
+        ) as created:
+            page.get_by_test_id("bottombar-submit-button").click()
+        assert created.value.status == 201, created.value.text()
+        annotation_id = created.value.json()["id"]
+        page.get_by_test_id("bottombar-update-button").wait_for()  # Submit became Update
+        shots.take("submitted")
+
+    # Label Studio stored what the annotator accepted: the query and one brush mask per level
+    stored = label_studio.api("GET", f"/api/annotations/{annotation_id}/").json()
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for item in stored["result"]:
+        by_type.setdefault(item["type"], []).append(item)
+    assert [item["value"]["text"] for item in by_type["textarea"]] == [[QUERY]]
+    brushes = by_type["brushlabels"]
+    assert [item["value"]["brushlabels"] for item in brushes] == [[label] for label in LEVEL_LABELS]
+    width, height = IMAGE_SIZE
+    for item in brushes:
+        assert (item["original_width"], item["original_height"]) == (width, height)
+        mask = decode_rle(item["value"]["rle"]).reshape(height, width, 4)[:, :, 3]
+        assert mask.shape == (height, width)
+
+    # the backend recorded the correction from the ANNOTATION_CREATED webhook
+    records = _wait_until(
+        lambda: [r for r in _corrections(backend, project) if r["annotation"] == annotation_id],
+        RECORD_WAIT_S,
+        f"the correction store to hold annotation {annotation_id} (backend log: {backend.log_tail(1500)})",
+    )
+    record = records[-1]
+    assert record["task"] == task
+    assert record["query"] == QUERY
+    assert [level["label"] for level in record["levels"]] == LEVEL_LABELS
+    assert all(level["accepted_pixels"] is not None for level in record["levels"])
