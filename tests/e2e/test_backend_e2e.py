@@ -17,8 +17,6 @@ Projects (module-scoped, built once):
 
 Further backends, each for one concern: one in the one-command mode with a tiny ``PREDICT_DEADLINE`` and no
 Label Studio settings (deferred write-back with the credentials /setup sent), one with basic auth.
-Tests marked ``xfail(strict=True)`` pin backend defects found against the real Label Studio: they pass as
-"expected failures" until the defect is fixed, then fail until their marker is removed.
 """
 
 from __future__ import annotations
