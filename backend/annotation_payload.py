@@ -56,16 +56,22 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _as_int(value: Any) -> int | None:
+def int_or_none(value: Any) -> int | None:
+    """``value`` when it is an int (not a bool), its number when it is a string of digits, else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
+    return None
+
+
+def _as_int(value: Any) -> int | None:
+    """``int_or_none``, also of an object's ``id`` (Label Studio sends some references as ``{"id": ...}``)."""
     if isinstance(value, Mapping):
         return _as_int(value.get("id"))
-    return None
+    return int_or_none(value)
 
 
 def label_levels(

@@ -40,6 +40,7 @@ from backend.annotation_payload import (
     PROMPT_TYPE,
     PendingRecord,
     deleted_ids,
+    int_or_none,
     label_levels,
     parse_annotation,
     rows_with_prediction,
@@ -87,16 +88,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_FILENAME = "corrections.sqlite3"
 _IN_CHUNK = 500  # ids per "IN (...)" query, far below SQLite's variable limit
 _MIN_CORRECTION_EPS = 1e-9
-
-
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
 
 
 def default_store_path() -> Path:
@@ -287,7 +278,7 @@ class CorrectionStore(CorrectionDatabase):
                 mapping=mapping,
                 n_levels=n_levels,
             )
-            prediction_id = _int_or_none(prediction.get("id"))
+            prediction_id = int_or_none(prediction.get("id"))
             version = str(prediction.get("model_version") or "") or old_version
             conn.execute("DELETE FROM correction_levels WHERE record_id = ?", (record_id,))
             conn.executemany(

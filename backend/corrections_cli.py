@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from backend.arg_types import fraction
 from backend.corrections import CorrectionError, CorrectionRecord, CorrectionStore, default_store_path
 from backend.export import ExportError, ImageSource, export_corrections
 
@@ -47,16 +48,6 @@ def _iso_time(text: str) -> str:
             f"expected an ISO 8601 time like 2025-03-01T10:00:00Z, got {text!r}"
         ) from exc
     return text
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     window.add_argument("--until", type=_iso_time, help="only revisions before this ISO time")
     window.add_argument(
         "--min-correction",
-        type=_fraction,
+        type=fraction,
         default=None,
         help="only records whose final level changed at least this much (1 - IoU; no prediction = 1)",
     )

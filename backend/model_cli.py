@@ -31,21 +31,12 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
+from backend.arg_types import fraction
 from backend.settings import Settings, SettingsError
 from backend.version_store import PIN_ENV, VersionError, VersionStore
 
 EXIT_USAGE = 2
 _POLL_S = 1.0
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
-    return value
 
 
 def _positive_int(text: str) -> int:
@@ -68,7 +59,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--project", type=int, default=None, help="Label Studio project (default: all)")
     parser.add_argument(
         "--min-correction",
-        type=_fraction,
+        type=fraction,
         default=None,
         help="only annotations whose final level changed at least this much (1 - IoU; no prediction = 1)",
     )

@@ -18,6 +18,7 @@ import it into a conftest (``from tests.backend_server import cores_backend``) t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 import requests
@@ -170,6 +172,25 @@ class BackendServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def correction_records(backend: BackendServer, project: int) -> list[dict[str, Any]]:
+    """The correction log's records of ``project`` (``python -m backend corrections list --json``), or []
+    when the backend keeps no correction store (``MODEL_DIR/corrections.sqlite3``)."""
+    store = backend.workdir / "models" / "corrections.sqlite3"
+    if not store.exists():
+        return []
+    command = [sys.executable, "-m", "backend", "corrections", "list", "--db", str(store)]
+    listed = subprocess.run(
+        [*command, "--project", str(project), "--json"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    return [json.loads(line) for line in listed.stdout.splitlines() if line.strip().startswith("{")]
 
 
 @pytest.fixture

@@ -625,28 +625,40 @@ for i in range(100000):
 """
 
 
-def test_kill_9_mid_stream_loses_no_acknowledged_record(tmp_path: Path):
-    path = tmp_path / "killed.sqlite3"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(path), str(WEBHOOKS / "annotation_created_with_prediction.json")],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def kill_9_after_acks(args: list[str], count: int, died: str) -> tuple[list[tuple[int, str]], int]:
+    """Run ``python -c *args`` in the repository root, read ``count`` lines ``<record id> <revision>`` from
+    its stdout (failing with ``died`` if it ends first), then SIGKILL it: the acknowledged (id, revision)
+    pairs and its exit status."""
+    proc = subprocess.Popen([sys.executable, "-c", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     acked: list[tuple[int, str]] = []
     assert proc.stdout is not None
-    while len(acked) < 40:
+    while len(acked) < count:
         line = proc.stdout.readline()
-        assert line, "the writer died before acknowledging 40 writes"
-        ack_id, ack_revision = line.split()
-        acked.append((int(ack_id), ack_revision))
+        assert line, died
+        record_id, revision = line.split()
+        acked.append((int(record_id), revision))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
+    return acked, proc.returncode
 
+
+def assert_sqlite_intact(path: Path) -> None:
+    """SQLite's ``PRAGMA integrity_check`` of the database at ``path`` answers ok."""
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_kill_9_mid_stream_loses_no_acknowledged_record(tmp_path: Path):
+    path = tmp_path / "killed.sqlite3"
+    acked, returncode = kill_9_after_acks(
+        [_WRITER, str(path), str(WEBHOOKS / "annotation_created_with_prediction.json")],
+        40,
+        "the writer died before acknowledging 40 writes",
+    )
+    assert returncode == -signal.SIGKILL
+
+    assert_sqlite_intact(path)
     with CorrectionStore(path) as store:
         records = {r.id: r for r in store.list()}
         for record_id, revision in acked:

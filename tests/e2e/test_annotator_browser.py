@@ -18,10 +18,7 @@ Screenshots of every step go to ``artifacts/browser/`` (gitignored); on failure 
 from __future__ import annotations
 
 import io
-import json
 import os
-import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -31,13 +28,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
 
 from backend.label_config import parse_label_config, shipped_label_config
-from tests.backend_server import REPO_ROOT, BackendServer
+from tests.backend_server import REPO_ROOT, BackendServer, correction_records
 from tests.e2e.label_studio import LabelStudioServer
 
 pytestmark = pytest.mark.e2e
@@ -60,29 +56,6 @@ PROMPT_PLACEHOLDER = ET.fromstring(SHIPPED_CONFIG).find("TextArea").get("placeho
 IMAGE_SIZE = (128, 96)  # width, height
 UI_TIMEOUT_MS = 60_000
 RECORD_WAIT_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def backend(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_checkpoint: Path,
-    redis_url: str,
-    label_studio: LabelStudioServer,
-) -> Iterator[BackendServer]:
-    """The backend (web + one worker) with Label Studio's URL and key, on the tests' Redis (flushed)."""
-    conn = redis.Redis.from_url(redis_url)
-    conn.flushdb()
-    try:
-        with BackendServer(
-            tmp_path_factory.mktemp("browser-backend"),
-            checkpoint=tiny_checkpoint,
-            redis_url=redis_url,
-            env={"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token},
-        ) as server:
-            yield server
-    finally:
-        conn.flushdb()
-        conn.close()
 
 
 @pytest.fixture
@@ -175,38 +148,10 @@ def _wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
         time.sleep(0.5)
 
 
-def _corrections(backend: BackendServer, project: int) -> list[dict[str, Any]]:
-    """``python -m backend corrections list --json`` on the backend's correction store."""
-    store = backend.workdir / "models" / "corrections.sqlite3"
-    if not store.is_file():
-        return []
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "backend",
-            "corrections",
-            "list",
-            "--json",
-            "--db",
-            str(store),
-            "--project",
-            str(project),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-
-
 def test_annotator_gets_one_mask_per_level_from_a_query_and_the_correction_is_recorded(
-    label_studio: LabelStudioServer, backend: BackendServer, browser: BrowserContext
+    label_studio: LabelStudioServer, e2e_backend: BackendServer, browser: BrowserContext
 ) -> None:
-    project, task = _project_with_uploaded_image(label_studio, backend)
+    project, task = _project_with_uploaded_image(label_studio, e2e_backend)
     page = browser.pages[0] if browser.pages else browser.new_page()
     shots = Shots(page)
     with shots.on_failure():
@@ -278,9 +223,10 @@ def test_annotator_gets_one_mask_per_level_from_a_query_and_the_correction_is_re
 
     # the backend recorded the correction from the ANNOTATION_CREATED webhook
     records = _wait_until(
-        lambda: [r for r in _corrections(backend, project) if r["annotation"] == annotation_id],
+        lambda: [r for r in correction_records(e2e_backend, project) if r["annotation"] == annotation_id],
         RECORD_WAIT_S,
-        f"the correction store to hold annotation {annotation_id} (backend log: {backend.log_tail(1500)})",
+        f"the correction store to hold annotation {annotation_id} "
+        f"(backend log: {e2e_backend.log_tail(1500)})",
     )
     record = records[-1]
     assert record["task"] == task

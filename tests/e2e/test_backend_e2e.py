@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 import re
 import subprocess
@@ -46,7 +45,7 @@ from PIL import Image
 from backend.label_config import parse_label_config, shipped_label_config
 from backend.ls_connection import PROJECT_KEY
 from backend.rle import decode_mask, encode_mask
-from tests.backend_server import REPO_ROOT, BackendServer
+from tests.backend_server import REPO_ROOT, BackendServer, correction_records
 from tests.e2e.label_studio import LabelStudioServer, free_tcp_port, log_tail
 
 if TYPE_CHECKING:
@@ -599,25 +598,6 @@ or the backend's own (``POST /webhook 200 3.1 ms 127.0.0.1``)."""
 def webhook_statuses(backend: BackendServer, offset: int) -> list[str]:
     """HTTP statuses of the POST /webhook requests the backend logged after byte ``offset``."""
     return _WEBHOOK_ANSWER.findall(log_since(backend.log_path, offset))
-
-
-def correction_records(backend: BackendServer, project: int) -> list[dict[str, Any]]:
-    """The correction log's records of ``project`` (``python -m backend corrections list --json``), or []
-    when the backend keeps no correction store (``MODEL_DIR/corrections.sqlite3``)."""
-    store = backend.workdir / "models" / "corrections.sqlite3"
-    if not store.exists():
-        return []
-    command = [sys.executable, "-m", "backend", "corrections", "list", "--db", str(store)]
-    listed = subprocess.run(
-        [*command, "--project", str(project), "--json"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert listed.returncode == 0, listed.stderr
-    return [json.loads(line) for line in listed.stdout.splitlines() if line.strip().startswith("{")]
 
 
 def test_annotation_created_reaches_the_backend_webhook(

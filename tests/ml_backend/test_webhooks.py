@@ -10,8 +10,6 @@ import copy
 import json
 import os
 import random
-import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,7 +28,7 @@ from backend.corrections import CorrectionStore
 from backend.embedded import REPO_ROOT
 from backend.settings import Settings
 from backend.train_requests import ACTIVE_KEY, TRAIN_JOB
-from tests.test_corrections import WEBHOOKS, load, project
+from tests.test_corrections import WEBHOOKS, assert_sqlite_intact, kill_9_after_acks, load, project
 
 
 def store_of(settings: Settings) -> CorrectionStore:
@@ -227,33 +225,14 @@ def test_kill_9_during_webhook_writes_through_the_web_leaves_the_store_consisten
     tmp_path: Path, redis_url: str
 ) -> None:
     model_dir = tmp_path / "models"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            _WEB_WRITER,
-            str(model_dir),
-            str(WEBHOOKS / "annotation_created_with_prediction.json"),
-            redis_url,
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
+    acked, _ = kill_9_after_acks(
+        [_WEB_WRITER, str(model_dir), str(WEBHOOKS / "annotation_created_with_prediction.json"), redis_url],
+        25,
+        "the web writer died before acknowledging 25 webhooks",
     )
-    acked: list[tuple[int, str]] = []
-    assert proc.stdout is not None
-    while len(acked) < 25:
-        line = proc.stdout.readline()
-        assert line, "the web writer died before acknowledging 25 webhooks"
-        record_id, revision = line.split()
-        acked.append((int(record_id), revision))
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
 
     path = model_dir / "corrections.sqlite3"
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    conn.close()
+    assert_sqlite_intact(path)
     with CorrectionStore(path) as store:
         records = {r.id: r for r in store.list()}
     for record_id, revision in acked:  # every acknowledged webhook is there...

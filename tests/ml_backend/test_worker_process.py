@@ -3,13 +3,11 @@ bad checkpoint or an unreachable Redis; the command line."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,26 +18,7 @@ from backend import queues
 from backend.embedded import REPO_ROOT
 from backend.settings import Settings
 from backend.worker import EXIT_BAD_MODEL, EXIT_NO_REDIS, run_worker
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CORES_", "REDIS_URL", "MODEL_"))}
-    env.update(settings.to_env())
-    env.update(extra)
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return env
-
-
-def _wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _status(redis_conn: redis.Redis, job_id: str) -> JobStatus | None:
-    job = queues.fetch_job(redis_conn, job_id)
-    return job.get_status() if job is not None else None
+from tests.ml_backend.worker_subprocess import job_status, wait_for, worker_env
 
 
 def _rq_worker(settings: Settings) -> subprocess.Popen[bytes]:
@@ -54,7 +33,7 @@ def _rq_worker(settings: Settings) -> subprocess.Popen[bytes]:
         build_worker(connect(settings), settings).work(logging_level="WARNING")
         """
     )
-    return subprocess.Popen([sys.executable, "-c", code], env=_env(settings), cwd=REPO_ROOT)
+    return subprocess.Popen([sys.executable, "-c", code], env=worker_env(settings), cwd=REPO_ROOT)
 
 
 def test_sigterm_lets_the_running_job_finish_then_stops_the_worker(
@@ -63,7 +42,7 @@ def test_sigterm_lets_the_running_job_finish_then_stops_the_worker(
     worker = _rq_worker(settings)
     try:
         running = queues.enqueue(redis_conn, settings, queues.BULK, "time.sleep", 1.5)
-        _wait_for(lambda: _status(redis_conn, running.id) == JobStatus.STARTED, 20, "the job to start")
+        wait_for(lambda: job_status(redis_conn, running.id) == JobStatus.STARTED, 20, "the job to start")
         waiting = queues.enqueue(redis_conn, settings, queues.BULK, "time.sleep", 0)
         worker.send_signal(signal.SIGTERM)  # warm shutdown
         assert worker.wait(timeout=20) == 0
@@ -71,8 +50,8 @@ def test_sigterm_lets_the_running_job_finish_then_stops_the_worker(
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-    assert _status(redis_conn, running.id) == JobStatus.FINISHED
-    assert _status(redis_conn, waiting.id) == JobStatus.QUEUED  # left for the next worker
+    assert job_status(redis_conn, running.id) == JobStatus.FINISHED
+    assert job_status(redis_conn, waiting.id) == JobStatus.QUEUED  # left for the next worker
 
 
 def test_a_worker_killed_mid_job_leaves_an_abandoned_job_that_can_be_requeued(
@@ -81,7 +60,7 @@ def test_a_worker_killed_mid_job_leaves_an_abandoned_job_that_can_be_requeued(
     worker = _rq_worker(settings)
     try:
         job = queues.enqueue(redis_conn, settings, queues.BULK, "time.sleep", 30)
-        _wait_for(lambda: _status(redis_conn, job.id) == JobStatus.STARTED, 20, "the job to start")
+        wait_for(lambda: job_status(redis_conn, job.id) == JobStatus.STARTED, 20, "the job to start")
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=10)
     finally:
@@ -92,17 +71,17 @@ def test_a_worker_killed_mid_job_leaves_an_abandoned_job_that_can_be_requeued(
     # rq 3 cannot know yet: the job stays STARTED until its execution heartbeat expires
     # (JOB_TIMEOUT + 60 s for a SimpleWorker); any live worker's maintenance then cleans it up.
     bulk = queues.get_queue(redis_conn, queues.BULK)
-    assert _status(redis_conn, job.id) == JobStatus.STARTED
+    assert job_status(redis_conn, job.id) == JobStatus.STARTED
     bulk.started_job_registry.cleanup(timestamp=time.time() + settings.job_timeout + 120)
 
-    assert _status(redis_conn, job.id) == JobStatus.FAILED
+    assert job_status(redis_conn, job.id) == JobStatus.FAILED
     assert job.id in bulk.failed_job_registry.get_job_ids()
     fetched = queues.fetch_job(redis_conn, job.id)
     assert fetched is not None
     assert "AbandonedJobError" in (queues.job_error(fetched) or "")
 
     queues.requeue(redis_conn, job.id)
-    assert _status(redis_conn, job.id) == JobStatus.QUEUED
+    assert job_status(redis_conn, job.id) == JobStatus.QUEUED
     assert bulk.get_job_ids() == [job.id]
     with pytest.raises(ValueError, match="not failed"):
         queues.requeue(redis_conn, job.id)
@@ -126,7 +105,7 @@ def test_worker_without_redis_exits_with_a_clear_message(settings: Settings) -> 
 
     done = subprocess.run(
         [sys.executable, "-m", "backend", "worker", "--burst"],
-        env=_env(settings, REDIS_URL=f"redis://127.0.0.1:{free_tcp_port()}/0"),
+        env=worker_env(settings, REDIS_URL=f"redis://127.0.0.1:{free_tcp_port()}/0"),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -154,7 +133,7 @@ def test_cli_help_for_every_command() -> None:
 def test_cli_reports_invalid_settings(settings: Settings) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "backend", "worker"],
-        env=_env(settings, PORT="nine"),
+        env=worker_env(settings, PORT="nine"),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -5,13 +5,12 @@ The worker exits 0 either way. Real worker processes on the tests' Redis."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -26,29 +25,10 @@ from backend.graceful_worker import REQUEUE_COUNT_META
 from backend.settings import Settings
 from backend.worker import build_worker
 from tests.ml_backend.conftest import quiet, work
+from tests.ml_backend.worker_subprocess import job_status, wait_for, worker_env
 
 WAIT_FOR_KEY = "tests.ml_backend.sample_jobs.wait_for_key"
 LOG_AND_SLEEP = "tests.ml_backend.sample_jobs.log_and_sleep"
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CORES_", "REDIS_URL", "MODEL_", "LOG_"))}
-    env.update(settings.to_env())
-    env.update(extra)
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return env
-
-
-def _wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _status(conn: redis.Redis, job_id: str) -> JobStatus | None:
-    job = queues.fetch_job(conn, job_id)
-    return job.get_status() if job is not None else None
 
 
 @contextmanager
@@ -77,7 +57,7 @@ def _worker_without_model(
         build_worker(connect(settings), settings, queues=["bulk"]).work(logging_level="INFO")
         """
     )
-    return _child([sys.executable, "-c", code], _env(settings, **env), tmp_path / "worker.log")
+    return _child([sys.executable, "-c", code], worker_env(settings, **env), tmp_path / "worker.log")
 
 
 def test_grace_expiry_requeues_the_running_job_and_the_next_worker_finishes_it(
@@ -87,14 +67,14 @@ def test_grace_expiry_requeues_the_running_job_and_the_next_worker_finishes_it(
     job = queues.enqueue(redis_conn, settings, queues.BULK, WAIT_FOR_KEY, key, 120)
     later = queues.enqueue(redis_conn, settings, queues.BULK, "time.sleep", 0)
     with _worker_without_model(settings, tmp_path, WORKER_SHUTDOWN_GRACE="1") as worker:
-        _wait_for(lambda: _status(redis_conn, job.id) == JobStatus.STARTED, 30, "the job to start")
+        wait_for(lambda: job_status(redis_conn, job.id) == JobStatus.STARTED, 30, "the job to start")
         stopped_at = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
     assert time.monotonic() - stopped_at < 15, "the worker waited for the job instead of requeueing it"
 
     bulk = queues.get_queue(redis_conn, queues.BULK)
-    assert _status(redis_conn, job.id) == JobStatus.QUEUED
+    assert job_status(redis_conn, job.id) == JobStatus.QUEUED
     assert bulk.get_job_ids() == [job.id, later.id]  # back at the front, the waiting job behind it
     assert job.id not in bulk.started_job_registry.get_job_ids()
     assert job.id not in bulk.failed_job_registry.get_job_ids()
@@ -108,7 +88,7 @@ def test_grace_expiry_requeues_the_running_job_and_the_next_worker_finishes_it(
     redis_conn.set(key, "go")
     next_worker = quiet(build_worker(redis_conn, settings, queues=[queues.BULK]))
     assert work(next_worker)
-    assert _status(redis_conn, job.id) == JobStatus.FINISHED
+    assert job_status(redis_conn, job.id) == JobStatus.FINISHED
     assert queues.job_outcome(redis_conn, job.id) == ("go", None)
 
 
@@ -117,13 +97,13 @@ def test_a_second_signal_requeues_the_running_job_at_once(
 ) -> None:
     job = queues.enqueue(redis_conn, settings, queues.BULK, WAIT_FOR_KEY, "test:shutdown:never", 120)
     with _worker_without_model(settings, tmp_path, WORKER_SHUTDOWN_GRACE="600") as worker:
-        _wait_for(lambda: _status(redis_conn, job.id) == JobStatus.STARTED, 30, "the job to start")
+        wait_for(lambda: job_status(redis_conn, job.id) == JobStatus.STARTED, 30, "the job to start")
         worker.send_signal(signal.SIGTERM)
         time.sleep(1.5)  # a repeat within 1 s counts as the same signal
-        assert _status(redis_conn, job.id) == JobStatus.STARTED  # still finishing: the grace is long
+        assert job_status(redis_conn, job.id) == JobStatus.STARTED  # still finishing: the grace is long
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=20) == 0
-    assert _status(redis_conn, job.id) == JobStatus.QUEUED
+    assert job_status(redis_conn, job.id) == JobStatus.QUEUED
     assert queues.get_queue(redis_conn, queues.BULK).get_job_ids() == [job.id]
     assert "a second stop signal arrived" in (tmp_path / "worker.log").read_text()
 
@@ -132,17 +112,17 @@ def test_a_second_signal_requeues_the_running_job_at_once(
 def test_backend_worker_finishes_its_job_on_sigterm_and_logs_json_with_the_job_id(
     settings: Settings, redis_conn: redis.Redis, tmp_path: Path
 ) -> None:
-    env = _env(settings, LOG_FORMAT="json", WORKER_SHUTDOWN_GRACE="60")
+    env = worker_env(settings, LOG_FORMAT="json", WORKER_SHUTDOWN_GRACE="60")
     cmd = [sys.executable, "-m", "backend", "worker", "--queues", "bulk", "--name", "shutdown-test"]
     with _child(cmd, env, tmp_path / "worker.log") as worker:
         # it registers once the model is loaded; a job enqueued earlier would also wait for that
-        _wait_for(lambda: redis_conn.exists("rq:worker:shutdown-test") == 1, 120, "the worker to register")
+        wait_for(lambda: redis_conn.exists("rq:worker:shutdown-test") == 1, 120, "the worker to register")
         job = queues.enqueue(redis_conn, settings, queues.BULK, LOG_AND_SLEEP, "hello from the job", 2.0)
-        _wait_for(lambda: _status(redis_conn, job.id) == JobStatus.STARTED, 30, "the job to start")
+        wait_for(lambda: job_status(redis_conn, job.id) == JobStatus.STARTED, 30, "the job to start")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0
 
-    assert _status(redis_conn, job.id) == JobStatus.FINISHED
+    assert job_status(redis_conn, job.id) == JobStatus.FINISHED
     result = queues.fetch_job(redis_conn, job.id)
     assert result is not None
     latest = result.latest_result()
