@@ -247,7 +247,8 @@ class ExampleBuilder:
         prompt = tokenize_prompt(
             self.tokenizer, build_prompt(text, is_sentence=is_sentence, style=self.style, answer=None)
         )
-        start = next((i for i, (a, b) in enumerate(zip(full, prompt, strict=False)) if a != b), len(prompt))
+        pairs = zip(full[: len(prompt)], prompt, strict=True)  # the answer only adds tokens after the prompt
+        start = next((i for i, (a, b) in enumerate(pairs) if a != b), len(prompt))
         return full, start
 
     def check(self, samples: Sequence[TrainingSample]) -> None:
