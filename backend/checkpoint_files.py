@@ -4,8 +4,8 @@ A checkpoint is a folder with ``config.json``, weights (a ``*.index.json`` and e
 ``model.safetensors`` / ``pytorch_model.bin``), a tokenizer (``tokenizer.model`` or ``tokenizer.json``) and a
 CLIP vision tower named by ``mm_vision_tower`` (a folder beside the checkpoint, a folder, or a hub id). A hub
 id (``org/name``) is found in the Hugging Face cache the way ``huggingface_hub`` finds it, so the doctor can
-check a deployment where only the web's packages are installed. ``cores.checkpoint`` is the loader; these
-are the same rules, read without loading anything.
+check a deployment where only the web's packages are installed. The layout rules are
+:mod:`cores.checkpoint_layout`'s, shared with the loader.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-WEIGHT_SINGLES = ("model.safetensors", "pytorch_model.bin")
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+from cores.checkpoint_layout import TOKENIZER_MODELS, has_tokenizer, looks_like_hub_id, weight_files
+from cores.errors import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ def locate(name: str) -> Location:
     path = Path(name).expanduser()
     if path.is_dir():
         return Location(path)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+    if path.exists() or not looks_like_hub_id(name):
         return Location(None, f"{path} is not a folder")
     cache = hub_cache_dir()
     snapshot = cached_snapshot(name, cache)
@@ -83,19 +82,12 @@ def missing_files(folder: Path) -> list[str]:
     except (OSError, ValueError) as exc:
         return [f"{config_path} is unreadable: {exc}"]
     problems = []
-    index = next((folder / n for n in WEIGHT_INDEXES if (folder / n).is_file()), None)
-    if index is not None:
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            absent = [s for s in shards if not (folder / s).is_file()]
-            if absent:
-                problems.append(f"{index.name} names missing shards {absent}")
-        except (OSError, ValueError, KeyError, AttributeError) as exc:
-            problems.append(f"{index} is not a weight index: {exc}")
-    elif not any((folder / n).is_file() for n in WEIGHT_SINGLES):
-        problems.append(f"no weights ({', '.join(WEIGHT_INDEXES + WEIGHT_SINGLES)})")
-    if not any((folder / n).is_file() for n in TOKENIZER_FILES):
-        problems.append(f"no tokenizer ({' or '.join(TOKENIZER_FILES)})")
+    try:
+        weight_files(folder)
+    except CheckpointError as exc:
+        problems.append(str(exc))
+    if not has_tokenizer(folder):
+        problems.append(f"no tokenizer ({' or '.join(TOKENIZER_MODELS)})")
     if not isinstance(config.get("mm_vision_tower") or config.get("vision_tower"), str):
         problems.append("config.json names no vision tower (mm_vision_tower)")
     return problems

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from backend.results import build_prediction
 from backend.settings import Settings
 from backend.version_store import VersionError
 from backend.versions import version_store
-from backend.worker import WorkerContext, get_context, serving_context
+from backend.worker import WorkerContext, serving_context
 from backend.writeback import WriteBackReport, write_predictions
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
     n = len(parsed.tasks)
     slots: list[dict[str, Any] | None] = [None] * n
     timings: dict[str, float] = {}
+    ls = resolve(context.settings, connection, parsed.project)
 
     if requested != version and not _knows_version(context, requested):
         mismatch = TaskError(
@@ -89,7 +91,6 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
                 version,
                 version,
             )
-        ls = resolve(context.settings, connection, parsed.project)
         tick = time.perf_counter()
         images = _fetch_images(context, parsed, ls, slots)
         timings["fetch_ms"] = (time.perf_counter() - tick) * 1000
@@ -109,7 +110,7 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
 
     results = [slot if slot is not None else {} for slot in slots]
     _remember(connection, context.settings, parsed, results)
-    delivered_by, report = _deliver(parsed, results, connection)
+    delivered_by, report = _deliver(parsed, results, connection, ls)
     timings["total_ms"] = (time.perf_counter() - started) * 1000
     if connection is not None and job is not None:
         waited = (
@@ -255,9 +256,12 @@ def _remember(
 
 
 def _deliver(
-    request: PredictRequest, results: list[dict[str, Any]], connection: redis.Redis | None
+    request: PredictRequest,
+    results: list[dict[str, Any]],
+    connection: redis.Redis | None,
+    ls: LabelStudioConnection | None,
 ) -> tuple[str | None, WriteBackReport | None]:
-    """Decide who delivers (``backend.delivery``) and write back when it is this job."""
+    """Decide who delivers (``backend.delivery``) and write back (to ``ls``) when it is this job."""
     if not request.write_back:
         return None, None
     deliverer = Deliverer.JOB
@@ -268,8 +272,6 @@ def _deliver(
     predictions = [(task.id, r) for task, r in zip(request.tasks, results, strict=True) if "result" in r]
     if not predictions:
         return deliverer.value, WriteBackReport()
-    context = get_context()
-    ls = resolve(context.settings, connection, request.project)
     if ls is None:
         reason = (
             "no Label Studio to write to: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY on the worker, "
@@ -293,9 +295,9 @@ def _record_metrics(
     store.observe("job_duration_seconds", time.perf_counter() - started, {"queue": queue})
     if waited_s is not None:
         store.observe("job_wait_seconds", max(0.0, waited_s), {"queue": queue})
-    for result in results:
-        if "error" in result:
-            store.incr("task_errors_total", {"code": str(result["error"].get("code"))})
+    codes = Counter(str(result["error"].get("code")) for result in results if "error" in result)
+    for code, count in codes.items():
+        store.incr("task_errors_total", {"code": code}, count)
     if report is not None:
         for outcome, tasks in (
             ("created", report.created),

@@ -15,6 +15,7 @@ Parsing uses label-studio-sdk's ``LabelInterface`` (the same tag/label semantics
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -110,6 +111,13 @@ def _describe(tags: list[Any]) -> str:
         target = f' toName="{",".join(to_name)}"' if to_name else ""
         parts.append(f'<{tag.tag} name="{tag.name}"{target}>')
     return ", ".join(parts)
+
+
+@functools.lru_cache(maxsize=64)
+def cached_label_config(config: str) -> SegmentationSchema:
+    """:func:`parse_label_config`, memoised by the config's text: every /predict and webhook of a project
+    carries the same config. (Errors are not cached; they raise again.)"""
+    return parse_label_config(config)
 
 
 def parse_label_config(config: str) -> SegmentationSchema:

@@ -121,7 +121,8 @@ class TrainRequest:
         return cls(**dict(data))
 
 
-def _describe_scope(request: TrainRequest) -> str:
+def describe_scope(request: TrainRequest) -> str:
+    """``all projects`` or ``project N``: what a training request trains on, for messages."""
     return "all projects" if request.project is None else f"project {request.project}"
 
 
@@ -172,7 +173,7 @@ def request_training(connection: redis.Redis, settings: Settings, request: Train
                 TRAIN_JOB,
                 request.to_json(),
                 job_timeout=settings.train_timeout,
-                description=f"fine-tune on the corrections of {_describe_scope(request)}",
+                description=f"fine-tune on the corrections of {describe_scope(request)}",
             )
             connection.set(f"{ACTIVE_KEY}{scope}", job.id, ex=settings.train_timeout + settings.failure_ttl)
         finally:

@@ -40,7 +40,7 @@ from backend.export import export_corrections
 from backend.images import FetchedImage
 from backend.ls_connection import resolve
 from backend.settings import Settings
-from backend.train_requests import TrainRequest
+from backend.train_requests import TrainRequest, describe_scope
 from backend.version_store import ServedVersion
 from backend.versions import served_version, version_store
 from backend.webhooks import correction_store_path
@@ -128,7 +128,7 @@ def _train(
             f"no corrections recorded yet ({path} does not exist): connect the backend in Label Studio "
             "so that annotation webhooks reach it, then annotate"
         )
-    scope = "all projects" if parsed.project is None else f"project {parsed.project}"
+    scope = describe_scope(parsed)
     with CorrectionStore(path) as store:
         records = store.list(
             project=parsed.project,

@@ -171,6 +171,8 @@ class VersionStore:
         self.base = ModelVersion(name=base_name, checkpoint=base_checkpoint, base=True)
         self._lock = threading.Lock()
         self._cached: tuple[tuple[int, int, int], Pointer] | None = None
+        # Published folders are immutable (renamed into place whole): parse each version.json once.
+        self._parsed: dict[str, ModelVersion] = {}
 
     @property
     def pointer_path(self) -> Path:
@@ -225,7 +227,13 @@ class VersionStore:
         if not NAME_PATTERN.match(name) or name in RESERVED_NAMES or not meta.is_file():
             known = ", ".join(v.name for v in self.list())
             raise VersionError(f"no model version {name!r}; known versions: {known}")
-        return self._read(folder)
+        with self._lock:
+            found = self._parsed.get(name)
+        if found is None:
+            found = self._read(folder)
+            with self._lock:
+                self._parsed[name] = found
+        return found
 
     def _read(self, folder: Path) -> ModelVersion:
         try:

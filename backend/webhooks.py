@@ -34,10 +34,8 @@ answers 400 with its message and nothing is recorded.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,7 +43,7 @@ from typing import Any, Protocol
 import redis
 
 from backend.annotation_payload import annotation_query, annotation_task, payload_prediction
-from backend.label_config import LabelConfigError, SegmentationSchema, parse_label_config
+from backend.label_config import LabelConfigError, SegmentationSchema, cached_label_config
 from backend.ls_connection import project_id, resolve
 from backend.prediction_memory import recall
 from backend.settings import Settings
@@ -58,7 +56,6 @@ TRAIN_ACTION = "START_TRAINING"
 HANDLED_ACTIONS = ANNOTATION_ACTIONS | {TRAIN_ACTION}
 CORRECTIONS_FILE = "corrections.sqlite3"
 """The correction store's file under ``MODEL_DIR`` (``backend.corrections.DEFAULT_FILENAME``)."""
-_SCHEMA_CACHE_SIZE = 64
 FETCH_THREADS = 2
 """Threads of the web's pool that fetch predictions named only by id (``CorrectionWebhooks``)."""
 
@@ -78,51 +75,9 @@ class WebhookHandler(Protocol):
     def __call__(self, action: str, payload: Mapping[str, Any]) -> Mapping[str, Any] | None: ...
 
 
-def accept_without_recording(action: str, payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """A handler that logs the event and records nothing (for tests and read-only deployments)."""
-    project = payload.get("project")
-    project_id = project.get("id") if isinstance(project, Mapping) else project
-    logger.info("webhook %s for project %s accepted (nothing is recorded)", action, project_id)
-    return None
-
-
 def correction_store_path(settings: Settings) -> Path:
     """Where the web records corrections and training reads them: ``MODEL_DIR/corrections.sqlite3``."""
     return settings.model_dir / CORRECTIONS_FILE
-
-
-class SchemaCache:
-    """Parsed labeling configs by SHA-256 of their text (a bounded LRU; thread-safe). Configs that cannot be
-    used are cached too, as their ``LabelConfigError``."""
-
-    def __init__(self, size: int = _SCHEMA_CACHE_SIZE) -> None:
-        self._size = size
-        self._items: OrderedDict[str, SegmentationSchema | LabelConfigError] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, config: str) -> SegmentationSchema:
-        """The schema of ``config``.
-
-        Raises:
-            LabelConfigError: a config the backend cannot use.
-        """
-        key = hashlib.sha256(config.encode("utf-8")).hexdigest()
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-        if found is None:
-            try:
-                found = parse_label_config(config)
-            except LabelConfigError as exc:
-                found = exc
-            with self._lock:
-                self._items[key] = found
-                while len(self._items) > self._size:
-                    self._items.popitem(last=False)
-        if isinstance(found, LabelConfigError):
-            raise found
-        return found
 
 
 class CorrectionWebhooks:
@@ -138,7 +93,6 @@ class CorrectionWebhooks:
         self.settings = settings
         self.connection = connection
         self.store_path = store_path or correction_store_path(settings)
-        self.schemas = SchemaCache()
         self._store: Any = None
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -190,7 +144,7 @@ class CorrectionWebhooks:
                     "which tags hold the masks and the query"
                 )
             try:
-                schema = self.schemas.get(config)
+                schema = cached_label_config(config)
             except LabelConfigError as exc:
                 pid = project_id(project.get("id")) if isinstance(project, Mapping) else None
                 logger.warning("webhook %s of project %s not recorded: %s", action, pid, exc)

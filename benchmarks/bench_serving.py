@@ -32,6 +32,10 @@ from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cores.bench import latency_stats
+
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ("the thing you would use to cut the bread", "where would a tired person sit?", "the red cup")
 
@@ -47,15 +51,6 @@ def _serve_images(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50_ms": round(statistics.median(ordered), 2),
-        "p95_ms": round(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))], 2),
-        "n": len(ordered),
-    }
 
 
 def main() -> int:
@@ -185,13 +180,13 @@ def main() -> int:
     report: dict[str, Any] = {
         "requests": args.requests,
         "image_size": [h, w],
-        "latency": _percentiles(latencies),
+        "latency": latency_stats(latencies),
         "worker_model_ms_p50": round(model, 2),
         "worker_fetch_ms_p50": round(statistics.median(t.get("fetch_ms", 0.0) for t in timings), 2),
         "worker_format_ms_p50": round(statistics.median(t.get("format_ms", 0.0) for t in timings), 2),
         "rq_queue_wait_ms_p50": round(statistics.median(t["queue_wait_ms"] for t in timings), 2),
         "rq_job_ms_p50": round(statistics.median(t["job_ms"] for t in timings), 2),
-        "overhead": _percentiles([lat - model for lat in latencies]),
+        "overhead": latency_stats([lat - model for lat in latencies]),
         "jobs_with_timings": len(timings),
     }
     print(json.dumps(report, indent=2))

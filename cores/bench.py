@@ -57,12 +57,12 @@ def random_checkpoint(size: str, device: torch.device, dtype: torch.dtype, workd
     The tokenizer is the tiny test tokenizer (its ids fit any vocabulary); prompt lengths are printed.
     """
     tiny_dir = make_tiny_checkpoint(workdir / "tiny", layout="cores")
-    tokenizer = load_tokenizer(tiny_dir)
-    chain_ids = tuple(token_id(tokenizer, t) for t in CORES_CHAIN)
     if size == "tiny":
         from cores.checkpoint import load_checkpoint
 
         return load_checkpoint(tiny_dir, device=device, dtype=dtype)
+    tokenizer = load_tokenizer(tiny_dir)
+    chain_ids = tuple(token_id(tokenizer, t) for t in CORES_CHAIN)
     config = CORES_7B
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -97,7 +97,8 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def latency_stats(values: list[float]) -> dict[str, float]:
+    """p50, p95 and mean (ms) of latencies in milliseconds, and their count."""
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return {
@@ -140,7 +141,11 @@ def measure_path(
     repeated = [
         _timed(partial(pipe.segment, same, QUERIES[i % len(QUERIES)]), device) for i in range(repeats)
     ]
-    out: dict[str, Any] = {"new_image": _stats(new), "repeated_image": _stats(repeated), "bulk": {}}
+    out: dict[str, Any] = {
+        "new_image": latency_stats(new),
+        "repeated_image": latency_stats(repeated),
+        "bulk": {},
+    }
     for size in batch_sizes:
         batch = [(images[i % len(images)], QUERIES[i % len(QUERIES)], None) for i in range(size)]
         pipe.clear_cache()

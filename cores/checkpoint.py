@@ -22,6 +22,7 @@ from torch import nn
 from transformers import CLIPImageProcessor, PreTrainedTokenizerBase
 
 from cores.build import build_model, reset_non_persistent_buffers
+from cores.checkpoint_layout import looks_like_hub_id, weight_files
 from cores.config import CORES_CHAIN, LISA_CHAIN, CoresConfig
 from cores.errors import CheckpointError
 from cores.model import CoresModel
@@ -45,8 +46,6 @@ KEY_TABLE: tuple[tuple[str, str], ...] = (
 IGNORED_KEYS = (re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$"),)
 REFINER_PREFIX = "transformer_cross_attention_layers."
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-WEIGHT_SINGLES = ("model.safetensors", "pytorch_model.bin")
 #: Components whose weights the checkpoint holds (the vision tower's do not live there).
 COMPONENTS = ("llm", "mm_projector", "text_hidden_fcs", "sam", "refiner")
 
@@ -84,7 +83,7 @@ def resolve_checkpoint(name: str | Path) -> Path:
         return path
     if path.exists():
         raise CheckpointError(f"checkpoint {path} is a file; expected a folder with config.json and weights")
-    if str(name).startswith((".", "/", "~")) or str(name).count("/") != 1:
+    if not looks_like_hub_id(str(name)):
         raise CheckpointError(f"checkpoint folder {path} does not exist")
     try:
         return Path(
@@ -95,29 +94,6 @@ def resolve_checkpoint(name: str | Path) -> Path:
             f"checkpoint {name!r} is not a folder and could not be fetched from the Hugging Face hub "
             f"or found in its cache ({type(exc).__name__}: {exc})"
         ) from exc
-
-
-def weight_files(path: Path) -> list[Path]:
-    """The weight files of a checkpoint folder: an index's shards, else a single weights file.
-
-    Raises:
-        CheckpointError: no weights, or an index naming missing shards.
-    """
-    for index_name in WEIGHT_INDEXES:
-        index = path / index_name
-        if index.exists():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise CheckpointError(f"{index} is not a weight index: {exc}") from exc
-            missing = [s for s in shards if not (path / s).exists()]
-            if missing:
-                raise CheckpointError(f"{index} names shards that are missing: {missing}")
-            return [path / s for s in shards]
-    for single in WEIGHT_SINGLES:
-        if (path / single).exists():
-            return [path / single]
-    raise CheckpointError(f"checkpoint {path} has no weights ({', '.join(WEIGHT_INDEXES + WEIGHT_SINGLES)})")
 
 
 def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:

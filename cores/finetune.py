@@ -21,7 +21,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +33,6 @@ from cores.devices import resolve_device
 from cores.finetune_config import BETAS, GRAD_CLIP, WEIGHT_DECAY, FinetuneConfig, FinetuneError, lr_factor
 from cores.level_metrics import level_scores
 from cores.lora import add_lora, merge_lora, trainable_parameters
-from cores.model import CoresModel
 from cores.pipeline import CoresPipeline
 from cores.trainer_state import (
     load_trainer_state,
@@ -73,7 +72,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     samples = load_training_samples(cfg.data, model.chain_tokens)
     train, val = split_samples(samples, cfg.val_fraction, cfg.seed)
     builder = ExampleBuilder(
-        loaded.tokenizer, model.chain_tokens, _image_tokens(model), model.llm.config.max_position_embeddings
+        loaded.tokenizer,
+        model.chain_tokens,
+        model.image_token_count,
+        model.llm.config.max_position_embeddings,
     )
     builder.check(samples)
     total = cfg.total_steps(len(train))
@@ -208,12 +210,6 @@ def set_llm_checkpointing(llm: PreTrainedModel, enabled: bool) -> None:
         else:
             llm.gradient_checkpointing_disable()
         llm.disable_input_require_grads()
-
-
-def _image_tokens(model: CoresModel) -> int:
-    """How many projected CLIP patch tokens replace the image slot (256 for ViT-L/14 at 224 px)."""
-    config = model.vision_tower.config
-    return (cast(int, config.image_size) // cast(int, config.patch_size)) ** 2
 
 
 def _record(step: int, parts: list[BatchLoss], lr: float, grad_norm: float) -> dict[str, Any]:

@@ -62,11 +62,6 @@ def masked_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - (2.0 * inter + DICE_SMOOTH) / (total + DICE_SMOOTH)
 
 
-def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-mask ``BCE_WEIGHT * BCE + DICE_WEIGHT * Dice`` (N losses for NxHxW inputs)."""
-    return BCE_WEIGHT * masked_bce(logits, target) + DICE_WEIGHT * masked_dice(logits, target)
-
-
 def shifted_ce(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy of one sequence: the state at ``t - 1`` predicts ``labels[t]``.
 

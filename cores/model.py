@@ -118,6 +118,13 @@ class CoresModel(nn.Module):
     def device(self) -> torch.device:
         return self.mm_projector.weight.device
 
+    @property
+    def image_token_count(self) -> int:
+        """Image tokens the vision tower gives per image: (side / patch)^2 (256 for ViT-L/14 at 224 px)."""
+        cfg = self.vision_tower.config
+        side = cast(int, cfg.image_size) // cast(int, cfg.patch_size)
+        return side * side
+
     # --- images -------------------------------------------------------------------------------------
     def encode_sam(self, pixels: torch.Tensor) -> torch.Tensor:
         """Bx3xSxS normalised, padded pixels -> BxCxGxG SAM image embeddings."""

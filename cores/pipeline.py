@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -207,7 +207,7 @@ class CoresPipeline:
         )
         ids = tokenize_prompt(self.tokenizer, prompt)
         limit = self.model.llm.config.max_position_embeddings
-        image_tokens = self._image_token_count()
+        image_tokens = self.model.image_token_count
         total = len(ids) - 1 + image_tokens + (0 if with_answer else self.max_new_tokens)
         if total > limit:
             raise QueryError(
@@ -215,11 +215,6 @@ class CoresPipeline:
                 f"({image_tokens} tokens), the model's context holds {limit}"
             )
         return torch.tensor(ids, dtype=torch.long)
-
-    def _image_token_count(self) -> int:
-        cfg = self.model.vision_tower.config
-        side = cast(int, cfg.image_size) // cast(int, cfg.patch_size)
-        return side * side
 
     @torch.no_grad()
     def segment(

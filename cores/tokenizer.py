@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from cores.checkpoint_layout import TOKENIZER_MODELS, has_tokenizer
 from cores.config import CORES_CHAIN, IM_END_TOKEN, IM_START_TOKEN, LISA_CHAIN
 from cores.errors import CheckpointError
 from cores.prompts import IMAGE_PLACEHOLDER
@@ -28,8 +29,8 @@ def load_tokenizer(path: Path, model_max_length: int | None = None) -> PreTraine
     Raises:
         CheckpointError: no tokenizer files, or the chain/image tokens are not in its vocabulary.
     """
-    if not (path / "tokenizer.model").exists() and not (path / "tokenizer.json").exists():
-        raise CheckpointError(f"checkpoint {path} has no tokenizer.model or tokenizer.json")
+    if not has_tokenizer(path):
+        raise CheckpointError(f"checkpoint {path} has no tokenizer ({' or '.join(TOKENIZER_MODELS)})")
     kwargs: dict[str, object] = {"legacy": True, "padding_side": "right"}
     if model_max_length:
         kwargs["model_max_length"] = model_max_length

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cores.losses import CE_WEIGHT, IGNORE_LABEL, mask_loss, masked_bce, masked_dice, shifted_ce
+from cores.losses import BCE_WEIGHT, CE_WEIGHT, DICE_WEIGHT, IGNORE_LABEL, masked_bce, masked_dice, shifted_ce
 from cores.model import CoresModel
 from cores.pipeline import CoresPipeline
 from cores.sam import upscale_logits
@@ -73,9 +73,10 @@ def batch_loss(model: CoresModel, pipe: CoresPipeline, examples: Sequence[Traini
         logits = upscale_logits(model.sam, low_res[0].unsqueeze(1), state.sam_input)[:, 0]  # NxHxW
         keep = ex.supervised.to(logits.device)
         target = ex.masks.to(logits.device)[keep]
-        per_mask.append(mask_loss(logits[keep], target))
-        bce.append(masked_bce(logits[keep].detach(), target))
-        dice.append(masked_dice(logits[keep].detach(), target))
+        level_bce, level_dice = masked_bce(logits[keep], target), masked_dice(logits[keep], target)
+        per_mask.append(BCE_WEIGHT * level_bce + DICE_WEIGHT * level_dice)
+        bce.append(level_bce.detach())
+        dice.append(level_dice.detach())
     ce = ce_sum / max(tokens, 1)
     mask = torch.cat(per_mask).mean() if per_mask else ce.new_zeros(())
     return BatchLoss(

@@ -188,16 +188,17 @@ def test_unusable_configs_skipped_tasks_and_unknown_actions_are_ignored(
 def test_labeling_configs_are_parsed_once_per_config(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from backend import webhooks
+    from backend import label_config
 
     calls: list[str] = []
-    real = webhooks.parse_label_config
+    real = label_config.parse_label_config
 
     def counting(config: str):
         calls.append(config)
         return real(config)
 
-    monkeypatch.setattr(webhooks, "parse_label_config", counting)
+    label_config.cached_label_config.cache_clear()  # the memo is per process: start from an empty one
+    monkeypatch.setattr(label_config, "parse_label_config", counting)
     for name in (
         "annotation_created.json",
         "annotation_updated.json",
