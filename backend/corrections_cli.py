@@ -217,6 +217,7 @@ def _image_source(args: argparse.Namespace, task_of: dict[str, int]) -> ImageSou
     fetcher = ImageFetcher(
         cache_dir=args.cache_dir or model_dir / "cache" / "images",
         label_studio_url=args.label_studio_url or None,
+        trusted_label_studio_url=args.label_studio_url or None,  # the operator named it
         api_key=args.api_key or None,
         allow_local_files_root=args.local_files_root,
         allow_private_networks=args.allow_private_networks,

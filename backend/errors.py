@@ -9,10 +9,12 @@ code                        meaning
 ``missing_query``           no interactive prompt and no query in the task data field
 ``empty_query``             the query is empty or whitespace
 ``query_too_long``          the query is longer than ``MAX_QUERY_CHARS`` or the model's context
+``bad_query``               the query holds a lone surrogate or prompt-reserved text (``<image>``)
 ``missing_image``           the task data has no image URL in the Image tag's field
 ``image_fetch``             the image could not be fetched or decoded (``reason`` says why)
 ``query``                   the model rejected the query (e.g. too long for its context)
 ``model``                   the model could not answer (bad chain, unusable image)
+``internal``                an unexpected error on this task (the worker log has the traceback)
 ``label_config``            the chain has more levels than the BrushLabels tag has labels
 ``model_version_mismatch``  the worker knows no model version of that name (set up unlike the web)
 ``job_failed``              the job holding this task raised (``GET /jobs/<job>`` has the traceback)

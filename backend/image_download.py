@@ -1,29 +1,35 @@
 """Download image bytes over HTTP(S) with caps, hand-followed redirects and address checks.
 
 Downloads stream with connect/read timeouts, a byte cap (``Content-Length`` and the stream itself) and an
-overall deadline. Redirects are followed by hand (at most ``MAX_REDIRECTS``) and every hop is re-checked:
-the Authorization header is sent only while every hop so far stayed on the Label Studio origin, and a host
-other than Label Studio that resolves to (or, after connecting, turns out to be) a private, loopback,
-link-local or reserved address is refused unless private networks are allowed.
+overall deadline. Every hop (the URL, then each redirect, at most ``MAX_REDIRECTS``) is parsed once by
+``url_safety.parse_fetch_url`` and everything is decided from that one reading: the Authorization header is
+sent only while every hop so far stayed on the Label Studio origin; the host is resolved once (the
+``Resolver``) and every address it has is checked unless the hop is on the trusted Label Studio origin (the
+operator's ``LABEL_STUDIO_URL``) or private networks are allowed; the request then goes to exactly the first
+checked address (``backend.pinned_http``: no second DNS lookup, so a host cannot rebind between the check
+and the connection), with the canonical URL, the Host header and TLS still on the host name.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 import urllib3.exceptions
 
 from backend.image_errors import ImageFetchError, transport_error
 from backend.ls_auth import LabelStudioAuth
+from backend.pinned_http import PinnedAddressAdapter
 from backend.url_safety import (
+    FetchTarget,
+    Resolver,
+    UnsafeUrlError,
     display_hop,
     forbidden_detail,
     is_forbidden_ip,
-    origin,
-    peer_address,
+    parse_fetch_url,
     resolve_addresses,
 )
 
@@ -45,36 +51,43 @@ class ImageDownloader:
 
     def __init__(
         self,
-        session: requests.Session,
         auth: LabelStudioAuth,
         *,
         label_studio_url: str | None,
+        trusted_url: str | None,
         max_bytes: int,
         timeout: float | tuple[float, float],
         total_timeout: float,
         allow_private_networks: bool,
         verify_tls: bool | str,
+        resolver: Resolver = resolve_addresses,
     ) -> None:
         """Configure a downloader; the arguments mean what ``ImageFetcher``'s do.
 
         Args:
-            session: the HTTP session (not trusting the environment) to download with.
             auth: the Label Studio Authorization header source (its ``api_key`` may be None).
-            label_studio_url: Label Studio base URL; hops on its origin are exempt from address checks.
+            label_studio_url: Label Studio base URL; the key is sent only to hops on its origin.
+            trusted_url: the Label Studio URL the operator configured; hops on its origin are exempt from
+                the address checks (None: no hop is).
             max_bytes: largest accepted body, bytes.
             timeout: connect and read timeouts in seconds (one number for both).
             total_timeout: deadline in seconds for one download, redirects included.
             allow_private_networks: skip the private/loopback/link-local/reserved address checks.
             verify_tls: ``requests``' ``verify``: True, False or a CA bundle path.
+            resolver: resolves a host once per hop (``url_safety.resolve_addresses``).
+
+        Raises:
+            ValueError: ``label_studio_url`` or ``trusted_url`` is not a URL ``parse_fetch_url`` accepts.
         """
-        self._session = session
         self._auth = auth
-        self._ls_origin = origin(label_studio_url) if label_studio_url else None
+        self._ls_origin = parse_fetch_url(label_studio_url).origin if label_studio_url else None
+        self._trusted_origin = parse_fetch_url(trusted_url).origin if trusted_url else None
         self._max_bytes = max_bytes
         self._timeout = timeout
         self._total_timeout = total_timeout
         self._allow_private = allow_private_networks
         self._verify = verify_tls
+        self._resolver = resolver
 
     def download_first(self, candidates: list[str], shown: str) -> bytes:
         """The body of the first of ``candidates`` found; later ones are tried only after a ``not_found``.
@@ -105,43 +118,72 @@ class ImageDownloader:
         deadline = time.monotonic() + self._total_timeout
         hop_url = url
         still_on_ls = True
-        for _ in range(MAX_REDIRECTS + 1):
-            parts = urlsplit(hop_url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ImageFetchError(
-                    "bad_url", shown, f"redirected to a non-http(s) URL {display_hop(hop_url)}"
-                )
-            on_ls = self._ls_origin is not None and origin(hop_url) == self._ls_origin
+        for hop in range(MAX_REDIRECTS + 1):
+            try:
+                target = parse_fetch_url(hop_url)
+            except UnsafeUrlError as exc:
+                where = "redirected to" if hop else "the image URL is"
+                raise ImageFetchError("bad_url", shown, f"{where} {display_hop(hop_url)}: {exc}") from None
+            on_ls = self._ls_origin is not None and target.origin == self._ls_origin
             still_on_ls = still_on_ls and on_ls
             use_auth = still_on_ls and self._auth.api_key is not None
-            if not on_ls:
-                self._check_host(hop_url, shown)
+            address = self._vetted_address(target, shown)
             headers = {"User-Agent": _USER_AGENT, "Accept": "image/*, */*;q=0.5"}
             if use_auth:
                 headers["Authorization"] = self._auth.header(shown)
-            resp = self._get(hop_url, headers, shown, deadline)
-            try:
-                if not on_ls:
-                    self._check_peer(resp, hop_url, shown)
-                location = resp.headers.get("Location")
-                if resp.status_code in _REDIRECT_CODES and location:
-                    hop_url = urljoin(hop_url, location)
-                    continue
-                if resp.status_code == 401 and use_auth and retry_auth and self._auth.kind == "refresh":
-                    raise _StaleAccessTokenError
-                self._check_response(resp, hop_url, on_ls, shown)
-                body = self._read_body(resp, shown, deadline)
-                logger.debug("downloaded %s (%d bytes)", shown, len(body))
-                return body
-            finally:
-                resp.close()
+            with requests.Session() as session:
+                session.trust_env = False
+                adapter = PinnedAddressAdapter(address)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                resp = self._get(session, target.url, headers, shown, deadline)
+                try:
+                    location = resp.headers.get("Location")
+                    if resp.status_code in _REDIRECT_CODES and location:
+                        hop_url = urljoin(target.url, location)
+                        continue
+                    if resp.status_code == 401 and use_auth and retry_auth and self._auth.kind == "refresh":
+                        raise _StaleAccessTokenError
+                    self._check_response(resp, target.url, on_ls, shown)
+                    body = self._read_body(resp, shown, deadline)
+                    logger.debug("downloaded %s (%d bytes)", shown, len(body))
+                    return body
+                finally:
+                    resp.close()
         raise ImageFetchError("redirects", shown, f"more than {MAX_REDIRECTS} redirects")
 
-    def _get(self, url: str, headers: dict[str, str], shown: str, deadline: float) -> requests.Response:
+    def _vetted_address(self, target: FetchTarget, shown: str) -> str:
+        """Resolve the hop's host once; refuse it when an address is non-public (unless exempt); return
+        the address to connect to."""
+        try:
+            addresses = self._resolver(target.host, target.port)
+        except OSError as exc:
+            raise ImageFetchError(
+                "unreachable", shown, f"cannot resolve host {target.host!r} ({exc})"
+            ) from exc
+        if not addresses:
+            raise ImageFetchError("unreachable", shown, f"host {target.host!r} resolves to no address")
+        exempt = self._allow_private or (
+            self._trusted_origin is not None and target.origin == self._trusted_origin
+        )
+        if not exempt:
+            for address in addresses:
+                if is_forbidden_ip(address):
+                    raise ImageFetchError("forbidden_host", shown, forbidden_detail(target.host, address))
+        return addresses[0]
+
+    def _get(
+        self,
+        session: requests.Session,
+        url: str,
+        headers: dict[str, str],
+        shown: str,
+        deadline: float,
+    ) -> requests.Response:
         if time.monotonic() > deadline:
             raise ImageFetchError("timeout", shown, f"gave up after total_timeout={self._total_timeout}s")
         try:
-            return self._session.get(
+            return session.get(
                 url,
                 headers=headers,
                 timeout=self._timeout,
@@ -151,30 +193,8 @@ class ImageDownloader:
             )
         except requests.RequestException as exc:
             raise transport_error(exc, url, shown) from exc
-
-    def _check_host(self, url: str, shown: str) -> None:
-        """Refuse a host that resolves to a non-public address (unless private networks are allowed)."""
-        if self._allow_private:
-            return
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        try:
-            addresses = resolve_addresses(host, parts.port or (443 if parts.scheme == "https" else 80))
-        except OSError as exc:
-            raise ImageFetchError("unreachable", shown, f"cannot resolve host {host!r} ({exc})") from exc
-        for address in addresses:
-            if is_forbidden_ip(address):
-                raise ImageFetchError("forbidden_host", shown, forbidden_detail(host, address))
-
-    def _check_peer(self, resp: requests.Response, url: str, shown: str) -> None:
-        """Re-check the address actually connected to (a DNS answer may change after ``_check_host``)."""
-        if self._allow_private:
-            return
-        peer = peer_address(resp)
-        if peer is not None and is_forbidden_ip(peer):
-            raise ImageFetchError(
-                "forbidden_host", shown, forbidden_detail(urlsplit(url).hostname or "", peer)
-            )
+        except (urllib3.exceptions.HTTPError, ValueError) as exc:
+            raise ImageFetchError("bad_url", shown, f"the request could not be made: {exc}") from exc
 
     def _check_response(self, resp: requests.Response, url: str, on_ls: bool, shown: str) -> None:
         status = resp.status_code

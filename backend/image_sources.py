@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from backend.image_errors import ImageFetchError
+from backend.url_safety import UnsafeUrlError, parse_fetch_url
 
 CLOUD_SCHEMES = ("s3://", "gs://", "azure-blob://", "azure-spi://")
 
@@ -52,8 +53,14 @@ def local_path(url: str, shown: str, local_root: Path | None) -> Path | None:
     serves it); an absolute path or ``file://`` URL must lie under ``local_root`` (already resolved).
 
     Raises:
-        ImageFetchError: ``forbidden_path`` for a local path with no ``local_root`` or outside it.
+        ImageFetchError: ``forbidden_path`` for a local path with no ``local_root`` or outside it,
+            ``bad_url`` for a path holding a NUL (no file name can).
     """
+    is_local = url.startswith(("/data/local-files", "file://")) or (
+        url.startswith("/") and not _is_ls_relative(url)
+    )
+    if is_local and ("\x00" in url or "%00" in url):
+        raise ImageFetchError("bad_url", shown, "the path holds a NUL character, which no file name can hold")
     if url.startswith("/data/local-files"):
         if local_root is None:
             return None
@@ -101,6 +108,8 @@ def read_local(path: Path, shown: str, max_bytes: int) -> bytes:
         raise ImageFetchError("not_found", shown, "no such file") from exc
     except OSError as exc:
         raise ImageFetchError("not_found", shown, f"cannot read the file ({exc.strerror})") from exc
+    except ValueError as exc:  # e.g. a NUL in the path
+        raise ImageFetchError("bad_url", shown, f"not a usable file path ({exc})") from exc
 
 
 def http_candidates(
@@ -129,9 +138,11 @@ def http_candidates(
             )
         fileuri = base64.urlsafe_b64encode(url.encode()).decode()
         return [f"{base}/tasks/{int(task_id)}/presign/?fileuri={fileuri}"]
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https") and parts.hostname:
-        return [url]
+    if url.lower().startswith(("http://", "https://")):
+        try:
+            return [parse_fetch_url(url).url]
+        except UnsafeUrlError as exc:
+            raise ImageFetchError("bad_url", shown, str(exc)) from None
     raise ImageFetchError(
         "bad_url",
         shown,

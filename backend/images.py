@@ -45,7 +45,7 @@ from backend.image_download import MAX_REDIRECTS, ImageDownloader
 from backend.image_errors import FetchErrorReason, ImageFetchError
 from backend.image_sources import CLOUD_SCHEMES, decode_data_uri, http_candidates, local_path, read_local
 from backend.ls_auth import LabelStudioAuth
-from backend.url_safety import display_url
+from backend.url_safety import Resolver, UnsafeUrlError, display_url, parse_fetch_url, resolve_addresses
 
 __all__ = [
     "CLOUD_SCHEMES",
@@ -106,6 +106,8 @@ class ImageFetcher:
         url_cache_ttl: float = 600.0,
         decoded_cache_bytes: int = 256 * MB,
         verify_tls: bool | str = True,
+        trusted_label_studio_url: str | None = None,
+        resolver: Resolver = resolve_addresses,
     ) -> None:
         """Configure a fetcher; nothing is contacted until ``fetch``.
 
@@ -127,14 +129,24 @@ class ImageFetcher:
             decoded_cache_bytes: bound on decoded arrays kept in memory.
             verify_tls: ``requests``' ``verify``: True, False or a CA bundle path. Environment proxies,
                 ``.netrc`` and CA variables are ignored (the session does not trust the environment).
+            trusted_label_studio_url: the Label Studio URL the operator configured (``LABEL_STUDIO_URL``):
+                hosts on its origin are exempt from the private-address checks. A ``label_studio_url``
+                learned from Label Studio's unauthenticated ``/setup`` call is not exempt unless it is this.
+            resolver: ``(host, port) -> addresses``, called once per download hop
+                (``url_safety.resolve_addresses``); the connection goes to the address it returned first.
 
         Raises:
             ValueError: a setting is out of range or ``label_studio_url`` is not an http(s) URL.
         """
-        if label_studio_url is not None and not label_studio_url.startswith(("http://", "https://")):
-            raise ValueError(
-                f"label_studio_url must start with http:// or https://, got {label_studio_url!r}"
-            )
+        for name, value in (
+            ("label_studio_url", label_studio_url),
+            ("trusted_label_studio_url", trusted_label_studio_url),
+        ):
+            if value is not None:
+                try:
+                    parse_fetch_url(value)
+                except UnsafeUrlError as exc:
+                    raise ValueError(f"{name} must be a plain http(s) URL, got {value!r}: {exc}") from None
         if min(max_bytes, max_pixels, total_timeout, max_cache_bytes, url_cache_size) <= 0:
             raise ValueError(
                 "max_bytes, max_pixels, total_timeout, max_cache_bytes and url_cache_size must be > 0"
@@ -158,9 +170,10 @@ class ImageFetcher:
             self._ls_url, api_key, session=self._session, timeout=timeout, verify_tls=verify_tls
         )
         self._downloader = ImageDownloader(
-            self._session,
             self._auth,
             label_studio_url=self._ls_url,
+            trusted_url=trusted_label_studio_url.rstrip("/") if trusted_label_studio_url else None,
+            resolver=resolver,
             max_bytes=max_bytes,
             timeout=timeout,
             total_timeout=total_timeout,

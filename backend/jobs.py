@@ -149,7 +149,9 @@ def run_chains(
 
     ``answer`` mode runs ``segment_batch`` on groups of ``batch_size`` (one language-model pass each) and
     falls back to one ``segment`` per item when a group fails, so one bad item does not sink the group.
-    ``generate`` mode runs ``segment`` per item.
+    ``generate`` mode runs ``segment`` per item. Any exception of an item (``QueryError``, ``ValueError``,
+    ``UnicodeError``, anything) becomes that item's ``TaskError``; only ``BaseException`` s that are not
+    ``Exception`` s (a shutdown interrupt) pass through.
     """
     from cores.errors import CoresError
 
@@ -160,8 +162,15 @@ def run_chains(
             try:
                 results.extend(pipeline.segment_batch([(image, query, None) for image, query in group]))
                 continue
-            except CoresError as exc:
-                logger.info("batched pass failed (%s); retrying its %d items one by one", exc, len(group))
+            except Exception as exc:  # one bad item must not sink the group: retry each alone
+                level = logging.INFO if isinstance(exc, CoresError) else logging.WARNING
+                logger.log(
+                    level,
+                    "batched pass failed (%s: %s); retrying its %d items one by one",
+                    type(exc).__name__,
+                    exc,
+                    len(group),
+                )
             results.extend(_segment_one(pipeline, image, query, mode) for image, query in group)
         return results
     return [_segment_one(pipeline, image, query, mode) for image, query in items]
@@ -178,6 +187,14 @@ def _segment_one(
         return TaskError("query", f"the model rejected the query: {exc}")
     except CoresError as exc:
         return TaskError("model", f"the model could not answer: {exc}")
+    except Exception as exc:
+        logger.exception("the chain raised on one task (query %r)", query[:80])
+        return _internal(exc)
+
+
+def _internal(exc: Exception) -> TaskError:
+    """The per-task error for an unexpected exception (its type and message; the log has the traceback)."""
+    return TaskError("internal", f"predicting this task failed: {type(exc).__name__}: {str(exc)[:300]}")
 
 
 def _fetch_images(
@@ -196,6 +213,9 @@ def _fetch_images(
             error = TaskError("image_fetch", exc.detail, reason=exc.reason, url=exc.url)
             slots[i] = error_element(error.to_json(task.id), request.model_version)
             logger.warning("task %s: %s", task.id, exc)
+        except Exception as exc:  # a URL no rule foresaw: this task's error, never the job's
+            logger.exception("task %s: fetching its image raised", task.id)
+            slots[i] = error_element(_internal(exc).to_json(task.id), request.model_version)
     return images
 
 
@@ -220,6 +240,9 @@ def _format(
         )
     except LabelConfigError as exc:
         return error_element(TaskError("label_config", str(exc)).to_json(task.id), request.model_version)
+    except Exception as exc:
+        logger.exception("task %s: formatting its prediction raised", task.id)
+        return error_element(_internal(exc).to_json(task.id), request.model_version)
 
 
 def _remember(
@@ -236,9 +259,13 @@ def _remember(
     for task, result in zip(request.tasks, results, strict=True):
         if "result" not in result:
             continue
-        entry = RememberedPrediction.from_prediction(
-            result, query=task.query, kind=request.kind, schema=request.schema
-        )
+        try:
+            entry = RememberedPrediction.from_prediction(
+                result, query=task.query, kind=request.kind, schema=request.schema
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("task %s: its prediction cannot be remembered: %s", task.id, exc)
+            continue
         if entry is not None:
             entries.append((task.id, entry))
     try:

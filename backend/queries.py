@@ -21,16 +21,38 @@ from backend.label_config import SegmentationSchema
 logger = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 2000
-"""Longest accepted query, in characters after collapsing whitespace (the model's own limit too)."""
+"""Longest accepted query, in characters after stripping the ends (the model's own limit too)."""
+
+RESERVED_MARKERS = (
+    "<image>",
+    "<im_start>",
+    "<im_end>",
+    "<im_patch>",
+    "[SEG]",
+    "[SEG_SEMA]",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<pad>",
+)
+"""Text the model's prompt gives a meaning of its own (the image placeholder, the tokens added to the
+tokenizer, LLaMA's special tokens): a query holding one would be read as prompt structure, not as text."""
+
+INVISIBLE = frozenset("\x00\u200b\u200c\u200d\u2060\ufeff")
+"""NUL and zero-width characters: a query made only of these (and whitespace) says nothing."""
 
 
 def normalize_query(text: str) -> str:
-    """Collapse runs of whitespace to single spaces and strip the ends."""
-    return " ".join(text.split())
+    """Strip whitespace from the ends; inner whitespace is kept (the trained stack only strips)."""
+    return text.strip()
 
 
 def check_query(query: Any, where: str) -> str:
-    """Return ``query`` normalized, or raise ``TaskError`` (empty_query, query_too_long).
+    """Return ``query`` stripped, or raise ``TaskError``.
+
+    Codes: ``empty_query`` (not text, empty, or only whitespace, NULs and zero-width characters),
+    ``query_too_long`` (over ``MAX_QUERY_CHARS``), ``bad_query`` (a lone surrogate, which no UTF-8 text can
+    hold, or one of ``RESERVED_MARKERS``).
 
     Args:
         query: the raw value found; ``where`` names where it was found, for the message.
@@ -38,12 +60,27 @@ def check_query(query: Any, where: str) -> str:
     if not isinstance(query, str):
         raise TaskError("empty_query", f"the query in {where} is a {type(query).__name__}, expected text")
     text = normalize_query(query)
-    if not text:
+    if not text or all(char.isspace() or char in INVISIBLE for char in text):
         raise TaskError("empty_query", f"the query in {where} is empty; type what to segment")
     if len(text) > MAX_QUERY_CHARS:
         raise TaskError(
             "query_too_long",
             f"the query in {where} has {len(text)} characters; at most {MAX_QUERY_CHARS} are accepted",
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TaskError(
+            "bad_query",
+            f"the query in {where} holds a lone surrogate (U+{ord(text[exc.start]):04X} at character "
+            f"{exc.start}), which is not text; send it as valid UTF-8",
+        ) from None
+    found = [marker for marker in RESERVED_MARKERS if marker in text]
+    if found:
+        raise TaskError(
+            "bad_query",
+            f"the query in {where} holds {', '.join(found)}, which the model's prompt reserves "
+            "(image placeholder, chain or special tokens); rephrase without it",
         )
     return text
 
@@ -100,7 +137,8 @@ def resolve_image_url(task: Mapping[str, Any], schema: SegmentationSchema) -> st
     """The image URL of one task (``data[schema.image_field]``).
 
     Raises:
-        TaskError: missing_image.
+        TaskError: missing_image; image_fetch (reason ``bad_url``) for a control character or a lone
+            surrogate in the URL.
     """
     data = task.get("data")
     url = data.get(schema.image_field) if isinstance(data, Mapping) else None
@@ -110,4 +148,15 @@ def resolve_image_url(task: Mapping[str, Any], schema: SegmentationSchema) -> st
             f'the task data has no image URL in field "{schema.image_field}" '
             f'(<Image name="{schema.image_name}" value="${schema.image_field}">)',
         )
-    return url.strip()
+    url = url.strip()
+    bad = next(
+        (char for char in url if ord(char) < 32 or ord(char) == 127 or 0xD800 <= ord(char) < 0xE000), None
+    )
+    if bad is not None:
+        raise TaskError(
+            "image_fetch",
+            f'the image URL in field "{schema.image_field}" holds the character U+{ord(bad):04X} (a control '
+            "character or a lone surrogate), which no URL or file name can hold",
+            reason="bad_url",
+        )
+    return url

@@ -72,6 +72,7 @@ class FetcherPool:
                     api_key=key[1],
                     allow_private_networks=self.settings.allow_private_networks,
                     allow_local_files_root=self.settings.local_files_root,
+                    trusted_label_studio_url=self.settings.label_studio_url,
                 )
                 self._fetchers[key] = found
                 while len(self._fetchers) > _MAX_FETCHERS:

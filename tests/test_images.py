@@ -124,12 +124,12 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class FakeHost(ThreadingHTTPServer):
-    """An HTTP/1.0 server on 127.0.0.1 with an ephemeral port; records every request."""
+    """An HTTP/1.0 server on ``address`` (127.0.0.1) and ``port`` (ephemeral); records every request."""
 
     daemon_threads = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(self, address: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((address, port), Handler)
         self.routes: dict[str, Route] = {}
         self.seen: list[Seen] = []
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -137,7 +137,7 @@ class FakeHost(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"http://{self.server_address[0]}:{self.server_address[1]}"
 
     def files(self, files: dict[str, bytes], content_type: str = "image/png") -> None:
         def serve(data: bytes) -> Route:
@@ -263,6 +263,7 @@ def make_fetcher(tmp_path: Path, ls: FakeHost) -> Iterator[Callable[..., ImageFe
         settings: dict[str, Any] = {
             "cache_dir": tmp_path / "cache",
             "label_studio_url": ls.url,
+            "trusted_label_studio_url": ls.url,
             "api_key": LEGACY_TOKEN,
             "timeout": (2.0, 2.0),
         }
@@ -438,7 +439,7 @@ def test_private_network_refused_unless_allowed(make_fetcher, storage, host):
     url = f"{storage.url.replace('127.0.0.1', host)}/bucket/red.png"
     error = fetch_error(make_fetcher(), url)
     assert error.reason == "forbidden_host"
-    assert "allow_private_networks" in error.detail
+    assert "ALLOW_PRIVATE_NETWORKS" in error.detail
     assert storage.seen == []
     assert_solid(make_fetcher(allow_private_networks=True).fetch(url).array, 6, 8, (255, 0, 0))
 
