@@ -20,11 +20,17 @@ from typing import Any
 import numpy as np
 
 from backend.correction_records import CorrectionError, pack_mask, unpack_mask, utc_iso
+from backend.ids import id_or_none
 from backend.label_config import SegmentationSchema
 from backend.rle import decode_mask
 from cores.metrics import mask_iou
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MASK_PIXELS = 25_000_000
+"""Default ``MAX_MASK_PIXELS``: the largest brush region (width x height) a payload may declare."""
+TOTAL_MASK_FACTOR = 8
+"""One payload decodes at most this many times ``MAX_MASK_PIXELS`` pixels in all."""
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 DELETE_ACTIONS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
@@ -56,22 +62,10 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def int_or_none(value: Any) -> int | None:
-    """``value`` when it is an int (not a bool), its number when it is a string of digits, else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
 def _as_int(value: Any) -> int | None:
-    """``int_or_none``, also of an object's ``id`` (Label Studio sends some references as ``{"id": ...}``)."""
-    if isinstance(value, Mapping):
-        return _as_int(value.get("id"))
-    return int_or_none(value)
+    """An id (``backend.ids``), also of an object's ``id`` (Label Studio sends some references as
+    ``{"id": ...}``); None when it is not one."""
+    return id_or_none(value)
 
 
 def label_levels(
@@ -92,14 +86,44 @@ def label_levels(
     return result
 
 
+class MaskBudget:
+    """Bounds the brush masks one payload may make the web decode: each region at most ``max_pixels``
+    (``MAX_MASK_PIXELS``), all of them together at most ``TOTAL_MASK_FACTOR`` times that. Checked from the
+    declared size before anything is decoded."""
+
+    def __init__(self, max_pixels: int = DEFAULT_MAX_MASK_PIXELS) -> None:
+        self.max_pixels = max_pixels
+        self.left = max_pixels * TOTAL_MASK_FACTOR
+
+    def take(self, height: int, width: int, where: str) -> None:
+        """Account for one ``height`` x ``width`` mask.
+
+        Raises:
+            CorrectionError: the mask, or all masks so far, exceed the bounds.
+        """
+        pixels = height * width
+        if height <= 0 or width <= 0 or pixels > self.max_pixels:
+            raise CorrectionError(
+                f"{where}: a {width}x{height} brush region is over MAX_MASK_PIXELS={self.max_pixels} "
+                "pixels (or not a size at all); not decoded"
+            )
+        if pixels > self.left:
+            raise CorrectionError(
+                f"{where}: the payload's brush regions exceed {TOTAL_MASK_FACTOR} x MAX_MASK_PIXELS pixels "
+                "in all; not decoded"
+            )
+        self.left -= pixels
+
+
 def _brush_regions(
-    items: Any, schema: SegmentationSchema, levels: Mapping[str, int], what: str
+    items: Any, schema: SegmentationSchema, levels: Mapping[str, int], what: str, budget: MaskBudget
 ) -> dict[int, _Region]:
     """Decode the brush regions of ``items`` (a ``result`` list) into one OR-ed mask per chain level.
 
     Raises:
-        CorrectionError: a region without ``original_height``/``original_width``/``value.rle``, an RLE that
-            does not match its size, or regions of one level with different sizes.
+        CorrectionError: a region without ``original_height``/``original_width``/``value.rle``, a size over
+            the ``budget``, an RLE that does not match its size, or regions of one level with different
+            sizes.
     """
     if items is None:
         return {}
@@ -120,6 +144,7 @@ def _brush_regions(
             continue
         try:
             height, width = int(item["original_height"]), int(item["original_width"])
+            budget.take(height, width, f"{what}.result[{i}]")
             mask = decode_mask(value["rle"], height, width)
         except (KeyError, TypeError) as exc:
             raise CorrectionError(
@@ -217,6 +242,7 @@ def parse_annotation(
     prediction: Mapping[str, Any] | None,
     mapping: dict[int, str] | None,
     n_levels: int | None,
+    max_mask_pixels: int = DEFAULT_MAX_MASK_PIXELS,
 ) -> PendingRecord:
     """Turn an ANNOTATION_CREATED/UPDATED payload into a pending record (all decoding happens here).
 
@@ -243,7 +269,8 @@ def parse_annotation(
     project_id = _as_int(project) or _as_int(annotation.get("project")) or _as_int(task.get("project"))
 
     levels = label_levels(schema, mapping, n_levels)
-    accepted = _brush_regions(annotation.get("result"), schema, levels, f"annotation {annotation_id}")
+    budget = MaskBudget(max_mask_pixels)
+    accepted = _brush_regions(annotation.get("result"), schema, levels, f"annotation {annotation_id}", budget)
     source, prediction_id = (
         (prediction, _as_int(prediction.get("id")))
         if prediction is not None
@@ -252,7 +279,9 @@ def parse_annotation(
     predicted: dict[int, _Region] = {}
     if source is not None:
         try:
-            predicted = _brush_regions(source.get("result"), schema, levels, f"prediction {prediction_id}")
+            predicted = _brush_regions(
+                source.get("result"), schema, levels, f"prediction {prediction_id}", budget
+            )
         except CorrectionError as exc:
             if prediction is not None:
                 raise
@@ -356,6 +385,7 @@ def rows_with_prediction(
     annotation_id: int,
     mapping: dict[int, str] | None = None,
     n_levels: int | None = None,
+    max_mask_pixels: int = DEFAULT_MAX_MASK_PIXELS,
 ) -> tuple[list[tuple[Any, ...]], float | None]:
     """A stored record's level rows redone with ``prediction`` (Label Studio form) as the predicted masks.
 
@@ -377,7 +407,11 @@ def rows_with_prediction(
     }
     levels = label_levels(schema, mapping, n_levels)
     predicted = _brush_regions(
-        prediction.get("result"), schema, levels, f"prediction {_as_int(prediction.get('id'))}"
+        prediction.get("result"),
+        schema,
+        levels,
+        f"prediction {_as_int(prediction.get('id'))}",
+        MaskBudget(max_mask_pixels),
     )
     return _level_rows(accepted, predicted, annotation_id)
 

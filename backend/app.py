@@ -2,29 +2,33 @@
 
 Routes (wire-compatible with Label Studio 1.23):
 
-- ``GET /``, ``GET /health``: ``{"status": "UP", "model_class": "CoReS", "model_version"}``; /health
-  needs no auth and touches neither Redis nor the model.
-- ``POST /setup``: ``{"model_version"}``; remembers the project's Label Studio host and token, and with
-  basic auth on, gives the project's webhook to this backend the credentials in a background thread
-  (``backend.webhook_auth``).
-
-Every answer that names the model version reads the served one per request (``CORES_MODEL_VERSION``, else
-``MODEL_DIR/versions/current``, else the base checkpoint's; one ``stat``, see ``backend.version_store``),
-so a published fine-tune, a pin or a rollback shows in ``/setup``, ``/versions`` and new predictions without
-a restart.
+- ``GET /``, ``GET /health``: ``{"status": "UP", "model_class": "CoReS", "model_version", "workers",
+  "serving", "redis_up", "checked_at"}``; needs no auth and never waits on Redis or the model: the live
+  worker count comes from a background thread of the web (``backend.worker_census``), ``serving`` is false
+  when no worker takes jobs.
+- ``POST /setup``: ``{"model_version"}`` (the version served to the project); remembers the project's
+  Label Studio host and token (``backend.ls_connection``'s rules), and gives the project's webhook to this
+  backend its credentials in a background thread (``backend.webhook_auth``).
 - ``POST /predict``: predictions (``backend.dispatch``): an interactive call waits for its job; a batch
   answers by the deadline and leaves late predictions to the jobs' write-back.
-- ``POST /webhook``: annotation events are recorded in the correction store, ``START_TRAINING`` enqueues a
-  fine-tune: ``{"status": "created"|"duplicate"|"deleted"|"ignored"|"queued"|"already_queued", "action",
-  ...}``; other actions ``{"status": "ignored", "action"}`` (``backend.webhooks``).
+- ``POST /webhook``: needs basic auth (when on) or the project's ``X-Cores-Webhook-Secret``
+  (``backend.webhook_secret``), else 401 and a WARNING naming the fix, and nothing is recorded. Annotation
+  events are recorded in the correction store, ``START_TRAINING`` enqueues a fine-tune of the project:
+  ``{"status": "created"|"duplicate"|"deleted"|"ignored"|"queued"|"already_queued", "action", ...}``; other
+  actions ``{"status": "ignored", "action"}`` (``backend.webhooks``).
 - ``GET /versions``: ``{"versions": [every servable version, oldest first], "model_version": the served}``.
 - ``GET /metrics``: Prometheus text (``backend.metrics`` documents each metric).
 - ``GET /jobs/<id>``: a job's status, timestamps, error traceback and result summary (``?result=1``:
   the whole result).
 
-Errors are JSON ``{"error": {"code", "message"}}``: 400 malformed requests, 401 missing/wrong basic auth,
-404 unknown job, 503 + ``Retry-After`` when the queue is full or Redis is unreachable, 504 when an
-interactive prediction misses the deadline, 500 when a job fails.
+Every answer that names the model version reads the served one per request (``CORES_MODEL_VERSION``, else
+the project's pointer, else ``MODEL_DIR/versions/current``, else the base checkpoint's; a ``stat`` each,
+see ``backend.version_store``), so a published fine-tune, a pin or a rollback shows without a restart.
+
+Errors are JSON ``{"error": {"code", "message"}}``: 400 malformed requests (and text no UTF-8 can hold),
+401 missing/wrong credentials, 404 unknown job, 413 a body over ``MAX_REQUEST_BYTES`` or more tasks than
+``MAX_PREDICT_TASKS``, 503 + ``Retry-After`` when the queue is full or Redis is unreachable, 504 when an
+interactive prediction misses the deadline, 500 when a job fails as a whole.
 
 Every answer carries ``X-Request-ID`` (the caller's, or a new one) and every request writes one access log
 line (``backend.request_log``).
@@ -32,7 +36,6 @@ line (``backend.request_log``).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from collections.abc import Mapping
@@ -41,7 +44,7 @@ from typing import Any
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend import queues
 from backend.dispatch import (
@@ -49,21 +52,27 @@ from backend.dispatch import (
     InteractiveTimeoutError,
     JobFailedError,
     PayloadError,
+    PayloadTooLargeError,
     parse_predict_call,
 )
-from backend.ls_connection import project_id, remember_setup
+from backend.label_config import configure_schema_cache
+from backend.ls_connection import parse_setup, remember_setup, setup_connection
 from backend.metrics import MetricsStore, render
+from backend.request_checks import JOB_ID, basic_auth_ok, lone_surrogate, webhook_authorized
 from backend.request_log import install_request_log
 from backend.settings import Settings, SettingsError
 from backend.version_store import VersionError, VersionStore
 from backend.versions import MODEL_CLASS, available_versions, version_store
-from backend.webhook_auth import WebhookAuthKeeper, connection_from_setup
+from backend.webhook_auth import WebhookAuthKeeper, credentials_for
+from backend.webhook_secret import SECRET_HEADER, WebhookSecretError, master_secret
 from backend.webhooks import HANDLED_ACTIONS, CorrectionWebhooks, WebhookHandler, WebhookPayloadError
+from backend.worker_census import WorkerCensus
 
 logger = logging.getLogger(__name__)
 
 EXTENSION = "cores"
-NO_AUTH_PATHS = frozenset({"/health"})
+NO_AUTH_PATHS = frozenset({"/health", "/webhook"})
+"""``/health`` is open; ``/webhook`` checks its own credentials (basic auth or the webhook secret)."""
 
 routes = Blueprint("backend", __name__)
 
@@ -78,7 +87,9 @@ class BackendState:
     last_version: str
     metrics: MetricsStore
     webhook_handler: WebhookHandler
-    webhook_auth: WebhookAuthKeeper | None = None
+    webhook_auth: WebhookAuthKeeper
+    census: WorkerCensus
+    webhook_master: bytes | None = None
     dispatcher: Dispatcher = field(init=False)
     redis_error_count: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -90,15 +101,15 @@ class BackendState:
         with self._lock:
             self.redis_error_count += 1
 
-    def model_version(self) -> str:
-        """The version served now (read per request: one ``stat`` of the pointer file). When the pointer
-        cannot be read, the last version read is answered and the error logged."""
+    def model_version(self, project: int | None = None) -> str:
+        """The version served now to ``project`` (read per request: a ``stat`` per pointer file). When a
+        pointer cannot be read, the last version read is answered and the error logged."""
         try:
-            name = self.versions.served(self.settings.pinned_version).name
+            name = self.versions.served(self.settings.pinned_version, project).name
         except VersionError as exc:
             logger.error("cannot read the served model version (answering %s): %s", self.last_version, exc)
             return self.last_version
-        if name != self.last_version:
+        if project is None and name != self.last_version:
             logger.info("model version now %s (was %s)", name, self.last_version)
             self.last_version = name
         return name
@@ -120,8 +131,9 @@ def create_app(
             store under ``MODEL_DIR`` and the training queue).
 
     Raises:
-        backend.settings.SettingsError: invalid settings, no Redis URL and no connection, or a
-            ``CORES_MODEL_VERSION`` / version pointer that names a missing version.
+        backend.settings.SettingsError: invalid settings, no Redis URL and no connection, a
+            ``CORES_MODEL_VERSION`` / version pointer that names a missing version, or (without basic auth)
+            a webhook secret that cannot be read or created.
     """
     settings = settings or Settings.from_env()
     connection = connection if connection is not None else queues.connect(settings)
@@ -130,9 +142,17 @@ def create_app(
         version = versions.served(settings.pinned_version).name
     except VersionError as exc:
         raise SettingsError(str(exc)) from exc
+    master = None
+    if settings.basic_auth_user is None:
+        try:
+            master = master_secret(settings)
+        except WebhookSecretError as exc:
+            raise SettingsError(str(exc)) from exc
+    configure_schema_cache(settings.label_config_cache_bytes)
     metrics = MetricsStore(connection)
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions[EXTENSION] = BackendState(
         settings=settings,
         connection=connection,
@@ -140,11 +160,9 @@ def create_app(
         last_version=version,
         metrics=metrics,
         webhook_handler=webhook_handler or CorrectionWebhooks(settings, connection),
-        webhook_auth=(
-            WebhookAuthKeeper(settings.basic_auth_user, settings.basic_auth_pass)
-            if settings.basic_auth_user is not None and settings.basic_auth_pass is not None
-            else None
-        ),
+        webhook_auth=WebhookAuthKeeper(lambda project: credentials_for(settings, project)),
+        census=WorkerCensus(connection),
+        webhook_master=master,
     )
     install_request_log(app)  # before the blueprint: its auth check may answer first
     app.register_blueprint(routes)
@@ -165,11 +183,24 @@ def _error(status: int, code: str, message: str, **headers: str) -> Response:
     return response
 
 
-def _json_body() -> Any:
+def _json_body(*, whole_text: bool = False) -> Any:
+    """The parsed JSON body; ``whole_text``: refuse (400) text anywhere in it that no UTF-8 can hold."""
     body = request.get_json(silent=True, force=True)
     if body is None:
         raise PayloadError("the request body is not valid JSON")
+    if whole_text:
+        where = lone_surrogate(body)
+        if where is not None:
+            raise PayloadError(
+                f"the request body's {where} holds a lone surrogate (a \\ud800-\\udfff escape without its "
+                "pair), which is not text; send valid UTF-8"
+            )
     return body
+
+
+_UNAUTHORIZED = (
+    "HTTP basic auth required: set the backend's BASIC_AUTH_USER/BASIC_AUTH_PASS in the ML connection"
+)
 
 
 @routes.before_app_request
@@ -177,36 +208,32 @@ def _check_auth() -> Response | None:
     settings = _state().settings
     if settings.basic_auth_user is None or request.path in NO_AUTH_PATHS:
         return None
-    auth = request.authorization
-    user_ok = auth is not None and hmac.compare_digest(
-        (auth.username or "").encode(), settings.basic_auth_user.encode()
-    )
-    pass_ok = auth is not None and hmac.compare_digest(
-        (auth.password or "").encode(), (settings.basic_auth_pass or "").encode()
-    )
-    if user_ok and pass_ok:
+    if basic_auth_ok(settings, request.authorization):
         return None
-    if request.path == "/webhook":
-        logger.warning(
-            "POST /webhook from %s answered 401 (%s): this annotation event is NOT recorded. Label Studio's "
-            "webhook to this backend must send BASIC_AUTH_USER/BASIC_AUTH_PASS: the backend adds them to the "
-            "project's webhook after Label Studio's /setup (see the log for errors), or run "
-            "`python -m backend webhooks ensure --project ID`, or set 'Authorization: Basic <base64 of "
-            "user:password>' on the webhook in Label Studio (project Settings > Webhooks)",
-            request.remote_addr,
-            "no credentials" if auth is None else "wrong credentials",
-        )
+    return _error(401, "unauthorized", _UNAUTHORIZED, WWW_Authenticate='Basic realm="cores"')
+
+
+@routes.app_errorhandler(PayloadTooLargeError)
+def _too_many_tasks(exc: PayloadTooLargeError) -> Response:
+    logger.warning("request to %s refused: %s", request.path, exc)
+    return _error(413, "too_large", str(exc))
+
+
+@routes.app_errorhandler(RequestEntityTooLarge)
+def _body_too_large(exc: RequestEntityTooLarge) -> Response:
+    limit = _state().settings.max_request_bytes
+    logger.warning("request to %s refused: body over MAX_REQUEST_BYTES=%d", request.path, limit)
     return _error(
-        401,
-        "unauthorized",
-        "HTTP basic auth required: set the backend's BASIC_AUTH_USER/BASIC_AUTH_PASS in the ML connection",
-        WWW_Authenticate='Basic realm="cores"',
+        413,
+        "too_large",
+        f"the request body is larger than MAX_REQUEST_BYTES={limit} bytes; send fewer tasks per call "
+        "(or raise MAX_REQUEST_BYTES)",
     )
 
 
 @routes.app_errorhandler(PayloadError)
 def _bad_request(exc: PayloadError) -> Response:
-    logger.info("bad request to %s: %s", request.path, exc)
+    logger.info("bad request to %s: %s", request.path, str(exc)[:500])
     return _error(400, "bad_request", str(exc))
 
 
@@ -243,45 +270,49 @@ def _http_error(exc: HTTPException) -> Response:
 @routes.route("/", methods=["GET"])
 @routes.route("/health", methods=["GET"])
 def health() -> Response:
-    """Liveness for Label Studio (1 s timeout): answers without touching Redis or the model."""
-    return jsonify({"status": "UP", "model_class": MODEL_CLASS, "model_version": _state().model_version()})
+    """Liveness for Label Studio (1 s timeout): answered from memory, never waiting on Redis or the model."""
+    state = _state()
+    census = state.census.snapshot()
+    return jsonify(
+        {
+            "status": "UP",
+            "model_class": MODEL_CLASS,
+            "model_version": state.model_version(),
+            **census.to_json(),
+        }
+    )
 
 
 @routes.route("/setup", methods=["POST"])
 def setup() -> Response:
-    """Label Studio connects a project: answer the model version; remember the host and token it sent."""
+    """Label Studio connects a project: answer its model version; remember the host and token it sent."""
     state = _state()
-    body = _json_body()
-    if isinstance(body, Mapping):
-        try:
-            remember_setup(state.connection, body)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            logger.warning(
-                "could not store the /setup credentials of project %s: %s", body.get("project"), exc
-            )
-        _schedule_webhook_auth(state, body)
-    return jsonify({"model_version": state.model_version()})
-
-
-def _schedule_webhook_auth(state: BackendState, body: Mapping[str, Any]) -> None:
-    """With basic auth on: start (once per project, off the request path) giving the project's webhook to
-    this backend the credentials (``backend.webhook_auth``)."""
-    if state.webhook_auth is None:
-        return
-    project = project_id(body.get("project"))
-    if project is None:
-        return
-    ls = connection_from_setup(state.settings, body)
-    if ls is None:
-        logger.warning(
-            "project %s: /setup gave no usable Label Studio host and token (and LABEL_STUDIO_URL/"
-            "LABEL_STUDIO_API_KEY are not set): cannot give its webhook the basic-auth credentials; run "
-            "`python -m backend webhooks ensure --project %s`",
-            project,
-            project,
+    call = parse_setup(_json_body(whole_text=True))
+    try:
+        remember_setup(state.connection, state.settings, call)
+        ls = setup_connection(
+            state.settings, state.connection, call, authenticated=state.settings.basic_auth_user is not None
         )
-        return
-    state.webhook_auth.schedule(project, ls)
+    except (redis.exceptions.RedisError, OSError) as exc:
+        logger.warning("could not store the /setup credentials of project %s: %s", call.project, exc)
+        ls = None
+    if call.project is not None:
+        if ls is not None:
+            state.webhook_auth.schedule(call.project, ls)
+        elif state.webhook_auth.status(call.project) == "new":
+            logger.warning(
+                "project %s: cannot give its webhook to this backend the %s: the backend changes Label "
+                "Studio's webhooks only through the Label Studio the operator named (LABEL_STUDIO_URL)%s. "
+                "Until the webhook carries them, annotation webhooks are answered 401; set LABEL_STUDIO_URL, "
+                "or set the header `python -m backend webhooks secret --project %s` prints in Label Studio",
+                call.project,
+                "basic-auth credentials" if state.settings.basic_auth_user else "webhook secret",
+                ""
+                if state.settings.basic_auth_user is None
+                else " or an authenticated /setup with its token",
+                call.project,
+            )
+    return jsonify({"model_version": state.model_version(call.project)})
 
 
 @routes.route("/predict", methods=["POST"])
@@ -290,7 +321,7 @@ def predict() -> Response:
     state = _state()
     kind = "batch"
     try:
-        call = parse_predict_call(_json_body())
+        call = parse_predict_call(_json_body(), max_tasks=state.settings.max_predict_tasks)
         kind = "interactive" if call.interactive else "batch"
         answer = state.dispatcher.predict(call)
     except PayloadError:
@@ -313,10 +344,33 @@ def predict() -> Response:
 
 @routes.route("/webhook", methods=["POST"])
 def webhook() -> Response:
-    """Label Studio events: handled actions go to the webhook handler, others are ignored. A body the
-    handler cannot read is answered 400 and nothing is recorded."""
+    """Label Studio events, authenticated (basic auth or the project's webhook secret): handled actions go
+    to the webhook handler, others are ignored. A body the handler cannot read is answered 400 and nothing
+    is recorded."""
     state = _state()
-    body = _json_body()
+    body = _json_body(whole_text=True)
+    secret = request.headers.get(SECRET_HEADER)
+    if not webhook_authorized(state.settings, state.webhook_master, request.authorization, secret, body):
+        basic = state.settings.basic_auth_user is not None
+        logger.warning(
+            "POST /webhook from %s answered 401 (%s): this event is NOT recorded. Label Studio's webhook to "
+            "this backend must send %s: the backend sets it on the project's webhook after Label Studio's "
+            "/setup when LABEL_STUDIO_URL names that Label Studio (see the log for errors), or run `python "
+            "-m backend webhooks ensure --project ID`, or set the header `python -m backend webhooks secret "
+            "--project ID` prints on the webhook in Label Studio (project Settings > Webhooks)",
+            request.remote_addr,
+            "wrong credentials" if request.authorization is not None or secret else "no credentials",
+            "BASIC_AUTH_USER/BASIC_AUTH_PASS" if basic else f"the project's {SECRET_HEADER}",
+        )
+        headers = {"WWW_Authenticate": 'Basic realm="cores"'} if basic else {}
+        return _error(
+            401,
+            "unauthorized",
+            "webhooks need "
+            + ("HTTP basic auth" if basic else f"the project's {SECRET_HEADER} header")
+            + ": run `python -m backend webhooks ensure --project ID`",
+            **headers,
+        )
     if not isinstance(body, Mapping) or not isinstance(body.get("action"), str):
         raise PayloadError("expected a JSON object with an 'action' string")
     action = body["action"]
@@ -351,9 +405,17 @@ def metrics() -> Response:
     return Response(text, mimetype="text/plain; version=0.0.4")
 
 
-@routes.route("/jobs/<job_id>", methods=["GET"])
+@routes.route("/jobs/<path:job_id>", methods=["GET"])
 def job(job_id: str) -> Response:
     """A job's status, queue, timestamps, error traceback (failed jobs) and result summary."""
+    if not JOB_ID.match(job_id):
+        shown = job_id[:40] + ("..." if len(job_id) > 40 else "")
+        return _error(
+            404,
+            "not_found",
+            f"no job {shown!r}: job ids are at most 128 letters, digits, '-' and '_' "
+            f"({len(job_id)} characters given)",
+        )
     connection = _state().connection
     found = queues.fetch_job(connection, job_id)
     if found is None:

@@ -1,6 +1,6 @@
 """``python -m backend serve|worker|preannotate|corrections``: the backend's command line.
 
-- ``serve [--dev] [--port N]``: the web server (gunicorn, or Flask's with ``--dev``) on ``PORT``; without
+- ``serve [--dev] [--port N]``: the web server (waitress, or Flask's with ``--dev``) on ``PORT``; without
   ``REDIS_URL`` also an embedded Redis and one worker; without ``CORES_CHECKPOINT`` a tiny random demo
   checkpoint (``backend.server``).
 - ``worker [--burst] [--queues ...] [--name N]``: a GPU worker (``backend.worker``).
@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 
+from backend.arg_types import label_studio_id
 from backend.logs import configure_logging
 from backend.queues import QUEUE_NAMES, QueueUnavailableError, connect
 from backend.settings import Settings, SettingsError
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the backend web server on PORT (default 9090). Without REDIS_URL an embedded Redis "
         "and one worker start too; without CORES_CHECKPOINT a tiny random demo checkpoint is used.",
     )
-    serve.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
+    serve.add_argument("--dev", action="store_true", help="Flask's development server instead of waitress")
     serve.add_argument("--port", type=int, default=None, help="override PORT")
     serve.add_argument("--host", default=None, help="override HOST (default 0.0.0.0)")
 
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "LABEL_STUDIO_API_KEY), skip tasks that already have a prediction of the current model version, "
         "and let the workers write predictions for the others.",
     )
-    pre.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    pre.add_argument("--project", type=label_studio_id, required=True, help="Label Studio project id")
     source = pre.add_mutually_exclusive_group()
     source.add_argument("--query", default=None, help="one query for every task")
     source.add_argument(

@@ -36,11 +36,11 @@ from typing import Any
 from backend.annotation_payload import (
     ANNOTATION_ACTIONS,
     BRUSH_TYPE,
+    DEFAULT_MAX_MASK_PIXELS,
     DELETE_ACTIONS,
     PROMPT_TYPE,
     PendingRecord,
     deleted_ids,
-    int_or_none,
     label_levels,
     parse_annotation,
     rows_with_prediction,
@@ -60,6 +60,7 @@ from backend.correction_records import (
     Status,
     utc_iso,
 )
+from backend.ids import id_or_none
 from backend.label_config import SegmentationSchema
 from backend.rle import decode_mask as decode_brush_rle  # its name before it moved to backend.rle
 
@@ -105,14 +106,22 @@ class CorrectionStore(CorrectionDatabase):
         store.list(project=3, min_correction=0.2)
     """
 
-    def __init__(self, path: Path | None = None, *, busy_timeout: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        busy_timeout: float = BUSY_TIMEOUT_S,
+        max_mask_pixels: int = DEFAULT_MAX_MASK_PIXELS,
+    ) -> None:
         """Open (and on first use create) the store at ``path`` (default ``default_store_path()``).
+        ``max_mask_pixels``: the largest brush region a payload may declare (``MAX_MASK_PIXELS``).
 
         Raises:
             CorrectionError: the file is not a correction store, was written by a newer schema version,
                 or the file system refuses WAL mode.
         """
         super().__init__(Path(path) if path is not None else default_store_path(), busy_timeout=busy_timeout)
+        self.max_mask_pixels = max_mask_pixels
 
     # ---- writing ----------------------------------------------------------------------------------------
 
@@ -153,7 +162,11 @@ class CorrectionStore(CorrectionDatabase):
             raise CorrectionError(f"expected a webhook payload object, got {type(payload).__name__}")
         action = payload.get("action")
         if action in DELETE_ACTIONS:
-            return self._mark_deleted(deleted_ids(payload))
+            project = payload.get("project")
+            return self._mark_deleted(
+                deleted_ids(payload),
+                id_or_none(project.get("id") if isinstance(project, Mapping) else project),
+            )
         if action not in ANNOTATION_ACTIONS:
             return RecordOutcome("ignored", detail=f"action {action!r} carries no correction")
         annotation = payload.get("annotation")
@@ -168,6 +181,7 @@ class CorrectionStore(CorrectionDatabase):
             prediction=prediction,
             mapping=mapping,
             n_levels=n_levels,
+            max_mask_pixels=self.max_mask_pixels,
         )
         outcome = self._insert(pending)
         logger.info(
@@ -210,19 +224,31 @@ class CorrectionStore(CorrectionDatabase):
         detail = "stored (annotation already deleted)" if values["deleted_at"] else "stored"
         return RecordOutcome("created", record_id, detail)
 
-    def _mark_deleted(self, annotation_ids: list[int]) -> RecordOutcome:
+    def _mark_deleted(self, annotation_ids: list[int], project: int | None) -> RecordOutcome:
+        """Mark the annotations' records deleted; with ``project`` (the event's), only that project's
+        records, and no tombstone for an annotation another project's records hold (a project's webhook
+        secret must not reach other projects' corrections)."""
         now = utc_iso(datetime.now(UTC))
         marked = 0
+        scope, extra = ("", ()) if project is None else (" AND project_id = ?", (project,))
         with self._write() as conn:
             for annotation_id in annotation_ids:
+                if project is not None:
+                    foreign = conn.execute(
+                        "SELECT 1 FROM corrections WHERE annotation_id = ? AND project_id != ? LIMIT 1",
+                        (annotation_id, project),
+                    ).fetchone()
+                    if foreign is not None:
+                        continue
                 conn.execute(
                     "INSERT INTO deleted_annotations (annotation_id, deleted_at) VALUES (?, ?) "
                     "ON CONFLICT (annotation_id) DO NOTHING",
                     (annotation_id, now),
                 )
                 marked += conn.execute(
-                    "UPDATE corrections SET deleted_at = ? WHERE annotation_id = ? AND deleted_at IS NULL",
-                    (now, annotation_id),
+                    "UPDATE corrections SET deleted_at = ? WHERE annotation_id = ? AND deleted_at IS NULL"
+                    + scope,
+                    (now, annotation_id, *extra),
                 ).rowcount
         logger.info("annotations %s deleted: %d record(s) marked", annotation_ids, marked)
         return RecordOutcome(
@@ -277,8 +303,9 @@ class CorrectionStore(CorrectionDatabase):
                 annotation_id=annotation_id,
                 mapping=mapping,
                 n_levels=n_levels,
+                max_mask_pixels=self.max_mask_pixels,
             )
-            prediction_id = int_or_none(prediction.get("id"))
+            prediction_id = id_or_none(prediction.get("id"))
             version = str(prediction.get("model_version") or "") or old_version
             conn.execute("DELETE FROM correction_levels WHERE record_id = ?", (record_id,))
             conn.executemany(

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from backend.arg_types import fraction
+from backend.arg_types import fraction, label_studio_id
 from backend.corrections import CorrectionError, CorrectionRecord, CorrectionStore, default_store_path
 from backend.export import ExportError, ImageSource, export_corrections
 
@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--db", type=Path, default=None, help="correction store (default: $MODEL_DIR/corrections.sqlite3)"
     )
-    common.add_argument("--project", type=int, default=None, help="only this Label Studio project id")
+    common.add_argument(
+        "--project", type=label_studio_id, default=None, help="only this Label Studio project id"
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     window = argparse.ArgumentParser(add_help=False)
     window.add_argument("--since", type=_iso_time, help="only revisions at or after this ISO time")

@@ -40,9 +40,9 @@ import redis
 from backend import queues
 from backend.delivery import Deliverer, abandon_claim, claim_key, open_claim
 from backend.errors import TaskError, error_element
+from backend.ids import IdError, parse_id, project_id
 from backend.job_requests import PredictRequest, TaskInput
 from backend.label_config import LabelConfigError, SegmentationSchema, cached_label_config
-from backend.ls_connection import project_id
 from backend.metrics import MetricsStore
 from backend.queries import resolve_image_url, resolve_query
 from backend.settings import Settings
@@ -56,6 +56,10 @@ _BLOCK_S = 1.0
 
 class PayloadError(ValueError):
     """The /predict body is not a Label Studio predict request (answered 400)."""
+
+
+class PayloadTooLargeError(PayloadError):
+    """A /predict body with more tasks than ``MAX_PREDICT_TASKS`` (answered 413)."""
 
 
 class InteractiveTimeoutError(Exception):
@@ -93,10 +97,11 @@ class PredictCall:
         return len(self.tasks) == 1 and bool(self.context)
 
 
-def parse_predict_call(payload: Any) -> PredictCall:
+def parse_predict_call(payload: Any, max_tasks: int | None = None) -> PredictCall:
     """Check a /predict body (tasks, label_config, params.context) and parse its labeling config.
 
     Raises:
+        PayloadTooLargeError: more than ``max_tasks`` tasks (``MAX_PREDICT_TASKS``).
         PayloadError: with a message saying what is missing or wrong.
     """
     if not isinstance(payload, Mapping):
@@ -104,13 +109,23 @@ def parse_predict_call(payload: Any) -> PredictCall:
     tasks = payload.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         raise PayloadError("expected 'tasks' to be a non-empty list of Label Studio tasks")
+    if max_tasks is not None and len(tasks) > max_tasks:
+        raise PayloadTooLargeError(
+            f"this /predict call carries {len(tasks)} tasks; at most MAX_PREDICT_TASKS={max_tasks} are "
+            "accepted per call: select fewer tasks, or pre-annotate the project with "
+            "`python -m backend preannotate`"
+        )
     for position, task in enumerate(tasks):
         if not isinstance(task, Mapping) or not isinstance(task.get("data"), Mapping):
             raise PayloadError(f"expected tasks[{position}] to be an object with a 'data' object")
-        if isinstance(task.get("id"), bool) or not isinstance(task.get("id"), int):
+        if not isinstance(task.get("id"), int):
             raise PayloadError(
                 f"expected tasks[{position}].id to be an integer task id, got {task.get('id')!r}"
             )
+        try:
+            parse_id(task["id"], f"tasks[{position}].id")
+        except IdError as exc:
+            raise PayloadError(str(exc)) from None
     config = payload.get("label_config")
     if not isinstance(config, str):
         raise PayloadError("expected 'label_config' (the project's labeling config XML) in the request")
@@ -130,8 +145,8 @@ class Dispatcher:
     """Runs /predict calls against the queues (see the module docstring). One per web app; thread-safe.
 
     Args:
-        model_version: returns the version served now; read once per call, sent to the jobs (which answer
-            with the version that actually produced each prediction).
+        model_version: returns the version served now to a project (None: no project); read once per
+            call, sent to the jobs (which load and answer with that version).
     """
 
     def __init__(
@@ -139,7 +154,7 @@ class Dispatcher:
         settings: Settings,
         connection: redis.Redis,
         metrics: MetricsStore,
-        model_version: Callable[[], str],
+        model_version: Callable[[int | None], str],
     ):
         self.settings = settings
         self.connection = connection
@@ -152,19 +167,32 @@ class Dispatcher:
         Raises:
             queues.QueueFull, queues.QueueUnavailableError, InteractiveTimeoutError, JobFailedError.
         """
-        version = self.current_version()
+        version = self.current_version(call.project)
         slots: list[Any] = [None] * len(call.tasks)
         inputs: list[tuple[int, TaskInput]] = []
+        codes: Counter[str] = Counter()
         for i, task in enumerate(call.tasks):
             try:
                 image = resolve_image_url(task, call.schema)
                 query = resolve_query(task, call.schema, call.context if call.interactive else None)
             except TaskError as exc:
                 slots[i] = error_element(exc.to_json(task["id"]), version)
-                self.metrics.incr("task_errors_total", {"code": exc.code})
-                logger.info("task %s: %s", task["id"], exc)
+                codes[exc.code] += 1
+                if sum(codes.values()) <= self.settings.max_task_log_lines:
+                    logger.info("task %s: %s", task["id"], exc)
                 continue
             inputs.append((i, TaskInput(id=int(task["id"]), image=image, query=query)))
+        if codes:
+            for code, count in codes.items():  # one Redis call per code, not per task
+                self.metrics.incr("task_errors_total", {"code": code}, count)
+            if sum(codes.values()) > self.settings.max_task_log_lines:
+                logger.info(
+                    "%d of %d tasks refused (%s); the first %d are logged above (MAX_TASK_LOG_LINES)",
+                    sum(codes.values()),
+                    len(call.tasks),
+                    ", ".join(f"{code}: {count}" for code, count in codes.most_common()),
+                    self.settings.max_task_log_lines,
+                )
         if call.interactive:
             answer = self._interactive(call, slots, inputs, version)
         else:

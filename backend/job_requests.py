@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from backend.ids import parse_id
 from backend.label_config import SegmentationSchema
 
 KINDS = ("interactive", "bulk")
@@ -106,9 +107,4 @@ class PredictRequest:
 
 
 def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"expected {name} to be an integer, got {value!r}")
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"expected {name} to be an integer, got {value!r}") from None
+    return parse_id(value, name)  # IdError is a ValueError

@@ -27,7 +27,6 @@ from backend.prediction_memory import RememberedPrediction, remember
 from backend.results import build_prediction
 from backend.settings import Settings
 from backend.version_store import VersionError
-from backend.versions import version_store
 from backend.worker import WorkerContext, serving_context
 from backend.writeback import WriteBackReport, write_predictions
 
@@ -46,11 +45,11 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
     ``write_back``, predictions the web will not return (``backend.delivery``) are written to Label
     Studio, skipping tasks that already hold this model version.
 
-    Every prediction carries the version that produced it: the worker's loaded version. It differs from
-    the request's ``model_version`` when a new version was published (or pinned) between the web's answer
-    to Label Studio and this job; the result then says both (``model_version``, ``requested_version``). A
-    requested version this worker does not know at all (web and worker configured with different
-    checkpoints, ``MODEL_VERSION`` or ``MODEL_DIR``) fails every task with ``model_version_mismatch``.
+    The job runs the version the request names (``model_version``: the one the web promised the project;
+    the worker loads it first when another is loaded), so every prediction carries the version that
+    produced it. A requested version this worker does not know at all (web and worker configured with
+    different checkpoints, ``MODEL_VERSION`` or ``MODEL_DIR``) fails every task with
+    ``model_version_mismatch``.
 
     Returns:
         ``{"results": [prediction or error, one per task, in order], "model_version": str (the version
@@ -65,8 +64,13 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
     parsed = PredictRequest.from_json(request)
     job = get_current_job()
     connection = job.connection if job is not None else None
-    context = serving_context()
     requested = parsed.model_version
+    try:
+        context = serving_context(requested)  # the version the web promised this project
+        known = True
+    except VersionError:
+        context = serving_context()
+        known = False
     version = context.model_version
     if requested != version:
         parsed = replace(parsed, model_version=version)
@@ -75,7 +79,7 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
     timings: dict[str, float] = {}
     ls = resolve(context.settings, connection, parsed.project)
 
-    if requested != version and not _knows_version(context, requested):
+    if not known:
         mismatch = TaskError(
             "model_version_mismatch",
             f"this worker serves {version} and knows no version {requested}, which the request asked "
@@ -83,14 +87,6 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
         )
         slots = [error_element(mismatch.to_json(t.id), requested) for t in parsed.tasks]
     else:
-        if requested != version:
-            logger.warning(
-                "the request asked for model version %s; this worker serves %s (switched since): "
-                "its predictions carry %s",
-                requested,
-                version,
-                version,
-            )
         tick = time.perf_counter()
         images = _fetch_images(context, parsed, ls, slots)
         timings["fetch_ms"] = (time.perf_counter() - tick) * 1000
@@ -131,15 +127,6 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
         "write_back": report.to_json() if report is not None else None,
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
-
-
-def _knows_version(context: WorkerContext, name: str) -> bool:
-    """Whether ``name`` is a version of this worker's store (the base or a published one)."""
-    try:
-        version_store(context.settings).get(name)
-    except VersionError:
-        return False
-    return True
 
 
 def run_chains(

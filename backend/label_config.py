@@ -15,10 +15,12 @@ Parsing uses label-studio-sdk's ``LabelInterface`` (the same tag/label semantics
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import logging
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -82,7 +84,14 @@ def _check_xml(config: str) -> str:
         )
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
     try:
-        root = etree.fromstring(text.encode("utf-8"), parser)
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LabelConfigError(
+            f"expected the labeling config as text, found a lone surrogate (U+{ord(text[exc.start]):04X}) at "
+            f"character {exc.start}, which no UTF-8 text can hold"
+        ) from None
+    try:
+        root = etree.fromstring(encoded, parser)
     except etree.XMLSyntaxError as exc:
         raise LabelConfigError(
             f"expected well-formed labeling config XML, found a syntax error: {exc}"
@@ -113,11 +122,74 @@ def _describe(tags: list[Any]) -> str:
     return ", ".join(parts)
 
 
-@functools.lru_cache(maxsize=64)
+DEFAULT_CACHE_BYTES = 8 * 1024 * 1024
+"""Default bound of the parsed-config cache, in bytes of config text (``LABEL_CONFIG_CACHE_BYTES``)."""
+
+
+class SchemaCache:
+    """Parsed configs by the SHA-256 of their text, least recently used evicted first, bounded by the total
+    length of the texts they came from (a schema is never larger than its config). A config longer than the
+    bound is parsed every time and not kept. Thread-safe."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[bytes, tuple[SegmentationSchema, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size_bytes(self) -> int:
+        """Total config bytes the cached schemas stand for."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, config: str) -> SegmentationSchema:
+        """``parse_label_config(config)``, from the cache when the same text was parsed before (errors are
+        not cached; they raise again).
+
+        Raises:
+            LabelConfigError: as ``parse_label_config``.
+        """
+        if not isinstance(config, str):
+            return parse_label_config(config)
+        size = len(config)
+        key = hashlib.sha256(config.encode("utf-8", "surrogatepass")).digest()
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found[0]
+        schema = parse_label_config(config)
+        if size > self.max_bytes:
+            return schema
+        with self._lock:
+            if key not in self._entries:
+                self._entries[key] = (schema, size)
+                self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
+        return schema
+
+
+_CACHE = SchemaCache()
+
+
+def configure_schema_cache(max_bytes: int) -> None:
+    """Set the bound of the process's parsed-config cache (``LABEL_CONFIG_CACHE_BYTES``); evicts at once."""
+    with _CACHE._lock:
+        _CACHE.max_bytes = max_bytes
+        while _CACHE._bytes > max_bytes and _CACHE._entries:
+            _, (_, dropped) = _CACHE._entries.popitem(last=False)
+            _CACHE._bytes -= dropped
+
+
 def cached_label_config(config: str) -> SegmentationSchema:
-    """:func:`parse_label_config`, memoised by the config's text: every /predict and webhook of a project
-    carries the same config. (Errors are not cached; they raise again.)"""
-    return parse_label_config(config)
+    """:func:`parse_label_config`, memoised by the config's text in the process's ``SchemaCache``: every
+    /predict and webhook of a project carries the same config."""
+    return _CACHE.get(config)
 
 
 def parse_label_config(config: str) -> SegmentationSchema:

@@ -1,7 +1,7 @@
 """Logging for backend processes: one line per record, as text or JSON, tagged with job and request ids.
 
-``configure_logging(level, fmt)`` installs one stderr handler on the root logger (``serve``, the gunicorn
-web workers, ``worker`` and the CLIs all call it). ``fmt`` is ``text`` (default) or ``json``, from the
+``configure_logging(level, fmt)`` installs one stderr handler on the root logger (``serve``, the web
+processes, ``worker`` and the CLIs all call it). ``fmt`` is ``text`` (default) or ``json``, from the
 environment variable ``LOG_FORMAT``:
 
 - text: ``2025-03-01 10:00:00,123 INFO 4242 backend.jobs: predicted 1 tasks [job=ab12 queue=interactive]``

@@ -1,7 +1,7 @@
 """Prometheus metrics kept in Redis (shared by every web and worker process) and rendered by hand.
 
 Counters and histograms live in Redis hashes, so ``GET /metrics`` on any web process shows the whole
-deployment (all gunicorn workers, all GPU workers). Gauges are read from rq's own keys at scrape time.
+deployment (all web processes, all GPU workers). Gauges are read from rq's own keys at scrape time.
 
 Metrics (all prefixed ``cores_``; type in brackets):
 
@@ -14,7 +14,8 @@ Metrics (all prefixed ``cores_``; type in brackets):
 - ``jobs_started{queue}`` [gauge]: jobs running now (rq's StartedJobRegistry).
 - ``jobs_failed{queue}`` [gauge]: failed jobs kept, with their traceback, in rq's FailedJobRegistry.
 - ``jobs_finished{queue}`` [gauge]: finished jobs whose results are still kept.
-- ``workers`` [gauge]: rq workers alive, on all machines.
+- ``workers`` [gauge]: rq workers alive (registered, heartbeat not expired, no death recorded), on all
+  machines (``backend.worker_census``); 0 means no worker is serving.
 - ``predict_requests_total{kind,outcome}`` [counter]: /predict calls; kind ``interactive``|``batch``;
   outcome ``ok``, ``bad_request``, ``queue_full``, ``timeout``, ``job_failed``.
 - ``tasks_total{outcome}`` [counter]: tasks answered by /predict: ``predicted``, ``error``, ``deferred``
@@ -166,9 +167,8 @@ def render(connection: redis.Redis, *, model_version: str, max_queued: int, redi
     When Redis does not answer, the page still renders ``redis_up 0``, the model info and this process's
     Redis error counter.
     """
-    from rq import Worker
-
     from backend.queues import QUEUE_NAMES, QueueUnavailableError, redis_errors, registry_counts
+    from backend.worker_census import live_workers
 
     lines = gauge(
         "model_info",
@@ -183,7 +183,7 @@ def render(connection: redis.Redis, *, model_version: str, max_queued: int, redi
     try:
         with redis_errors(connection):
             counts = registry_counts(connection)
-            workers = Worker.count(connection=connection)
+            workers = live_workers(connection)
             store = MetricsStore(connection)
             stored = store.render_counters() + store.render_histograms()
     except (QueueUnavailableError, redis.exceptions.RedisError) as exc:

@@ -5,20 +5,26 @@
     train [--project ID] [--min-correction X] [--since T] [--until T] [--steps N] [--epochs E] [--lr LR]
           [--val-fraction F] [--min-samples N] [--seed S] [--wait]
     versions list [--json]
-    versions current [--json]
-    versions pin NAME
-    versions unpin
-    versions rollback
+    versions current [--project N] [--json]
+    versions promote NAME [--project N]
+    versions pin NAME [--project N]
+    versions unpin [--project N]
+    versions rollback [--project N]
+    versions reset --project N
 
 ``train`` enqueues one fine-tune job on the ``train`` queue (or answers the id of the one already queued or
 running for that project) and prints ``{"job", "status"}``; ``--wait`` waits for it and prints its result.
 Without ``REDIS_URL`` it starts an embedded Redis and worker and always waits.
 
-``versions`` reads and moves ``MODEL_DIR/versions/current`` (no Redis needed): ``pin NAME`` serves NAME and
-keeps later training runs from replacing it; ``unpin`` lets the next published version become current;
-``rollback`` serves the parent of the current version (pinned). ``CORES_MODEL_VERSION``, when set, overrides
-the pointer in every process that has it. Workers switch before their next job; the web answers the new
-version at once.
+``versions`` reads and moves ``MODEL_DIR/versions/current`` and the per-project pointers
+``MODEL_DIR/versions/projects/<N>`` (no Redis needed). A version trained on one project's corrections serves
+that project only; ``promote NAME`` serves NAME to every project (``current``; projects with their own
+pointer keep it), ``promote NAME --project N`` to project N. ``pin NAME`` serves NAME and keeps later
+training runs from replacing it; ``unpin`` lets the next published version become current; ``rollback``
+serves the parent of the current version (pinned); ``reset --project N`` drops project N's own pointer.
+``--project N`` applies each to project N's pointer instead of ``current``. ``CORES_MODEL_VERSION``, when
+set, overrides the pointers in every process that has it. Workers switch before their next job; the web
+answers the new version at once.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
-from backend.arg_types import fraction
+from backend.arg_types import fraction, label_studio_id
 from backend.settings import Settings, SettingsError
 from backend.version_store import PIN_ENV, VersionError, VersionStore
 
@@ -56,7 +62,9 @@ def train_parser() -> argparse.ArgumentParser:
         description="Enqueue one fine-tune of the served model version on the logged corrections (train "
         "queue). A second request while one is queued or running for the same project answers that job.",
     )
-    parser.add_argument("--project", type=int, default=None, help="Label Studio project (default: all)")
+    parser.add_argument(
+        "--project", type=label_studio_id, default=None, help="Label Studio project (default: all)"
+    )
     parser.add_argument(
         "--min-correction",
         type=fraction,
@@ -98,10 +106,20 @@ def versions_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     current = commands.add_parser("current", help="the served version and why")
     current.add_argument("--json", action="store_true", help="as JSON")
+    promote = commands.add_parser(
+        "promote", help="serve NAME to every project (or, with --project, to one project)"
+    )
+    promote.add_argument("name", help="a version name from `versions list`")
     pin = commands.add_parser("pin", help="serve NAME and keep later training runs from replacing it")
     pin.add_argument("name", help="a version name from `versions list`")
-    commands.add_parser("unpin", help="let the next published version become current")
-    commands.add_parser("rollback", help="serve the parent of the current version (pinned)")
+    unpin = commands.add_parser("unpin", help="let the next published version become current")
+    rollback = commands.add_parser("rollback", help="serve the parent of the current version (pinned)")
+    reset = commands.add_parser("reset", help="drop a project's own pointer: serve it what all are served")
+    for command in (current, promote, pin, unpin, rollback):
+        command.add_argument(
+            "--project", type=label_studio_id, default=None, help="a project's pointer instead of current"
+        )
+    reset.add_argument("--project", type=label_studio_id, required=True, help="Label Studio project id")
     return parser
 
 
@@ -128,18 +146,42 @@ def versions_main(argv: Sequence[str]) -> int:
         if args.command == "list":
             return _list(store, settings, as_json=args.json)
         if args.command == "current":
-            return _current(store, settings, as_json=args.json)
-        if args.command == "pin":
-            pointer = store.set_current(args.name, pinned=True, reason="pinned with `versions pin`")
+            return _current(store, settings, args.project, as_json=args.json)
+        if args.command == "reset":
+            dropped = store.reset(args.project)
+            print(
+                f"project {args.project}: own pointer "
+                + (f"dropped (was {dropped.version})" if dropped else "absent")
+                + f"; served {store.served(project=args.project).name}"
+            )
+            return 0
+        project = args.project
+        if args.command == "promote":
+            scope = "every project" if project is None else f"project {project}"
+            pointer = store.set_current(
+                args.name, pinned=False, reason=f"promoted to {scope}", project=project
+            )
+        elif args.command == "pin":
+            pointer = store.set_current(
+                args.name, pinned=True, reason="pinned with `versions pin`", project=project
+            )
         elif args.command == "unpin":
-            pointer = store.unpin()
+            pointer = store.unpin(project)
         else:
-            pointer = store.rollback()
+            pointer = store.rollback(project)
     except VersionError as exc:
         print(f"versions {args.command}: {exc}", file=sys.stderr)
         return 1
     state = "pinned" if pointer.pinned else "not pinned"
-    print(f"current: {pointer.version} ({state}; was {pointer.previous})")
+    where = "current" if project is None else f"project {project}"
+    print(f"{where}: {pointer.version} ({state}; was {pointer.previous})")
+    if project is None and args.command == "promote":
+        own = store.project_pointers()
+        if own:
+            print(
+                "projects with their own version keep it (`versions reset --project N` to change): "
+                + ", ".join(f"{p}={pointer_.version}" for p, pointer_ in own.items())
+            )
     if settings.pinned_version:
         print(
             f"note: {PIN_ENV}={settings.pinned_version} is set here and overrides the pointer in every "
@@ -169,17 +211,22 @@ def _list(store: VersionStore, settings: Settings, *, as_json: bool) -> int:
                 "-" if after is None else f"{after:.3f}",
             )
         )
+    for project, pointer in store.project_pointers().items():
+        if as_json:
+            print(json.dumps({"project": project, "pointer": pointer.to_json()}))
     if not as_json:
         header = (" ", "version", "parent", "created (UTC)", "samples", "gIoU after")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        for project, pointer in store.project_pointers().items():
+            print(f"project {project}: {pointer.version}" + (" (pinned)" if pointer.pinned else ""))
     return 0
 
 
-def _current(store: VersionStore, settings: Settings, *, as_json: bool) -> int:
-    served = store.served(settings.pinned_version)
-    pointer = store.read_pointer()
+def _current(store: VersionStore, settings: Settings, project: int | None, *, as_json: bool) -> int:
+    served = store.served(settings.pinned_version, project)
+    pointer = store.read_pointer(project) if served.source == "project" else store.read_pointer()
     answer = {
         "version": served.name,
         "source": served.source,
@@ -191,8 +238,14 @@ def _current(store: VersionStore, settings: Settings, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(answer, indent=1))
     else:
-        why = {"pin": f"pinned by {PIN_ENV}", "pointer": f"named by {store.pointer_path}", "base": "base"}
-        pinned = " (pinned)" if served.source == "pointer" and served.pinned else ""
+        why = {
+            "pin": f"pinned by {PIN_ENV}",
+            "project": f"named by {store.pointer_path_for(project)}",
+            "pointer": f"named by {store.pointer_path}",
+            "base": "base",
+            "request": "asked for",
+        }
+        pinned = " (pinned)" if served.source in ("pointer", "project") and served.pinned else ""
         print(f"{served.name}: {why[served.source]}{pinned}; checkpoint {served.checkpoint}")
     return 0
 

@@ -7,7 +7,7 @@
 - tag every log record written while it is handled with ``request_id`` (``backend.logs``), and every job
   it enqueues (``job.meta["request_id"]``, read by the worker's log lines);
 - end with one access log line on the ``backend.access`` logger:
-  ``POST /predict 200 41.3 ms 127.0.0.1`` (the web runs gunicorn without its own access log).
+  ``POST /predict 200 41.3 ms 127.0.0.1`` (waitress writes no access log of its own).
 """
 
 from __future__ import annotations

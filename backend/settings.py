@@ -75,8 +75,8 @@ class Settings:
             default text (``backend.logs``).
         shutdown_grace: seconds a stopping worker lets its running job finish before it requeues it
             [WORKER_SHUTDOWN_GRACE], default 90 (keep it below the supervisor's kill timeout).
-        workers: gunicorn worker processes [WORKERS], default 1.
-        threads: threads per gunicorn worker [THREADS], default 8 (each waiting /predict holds one).
+        workers: web server processes [WORKERS], default 1 (``backend.web_server``).
+        threads: threads per web process [THREADS], default 8 (each waiting /predict holds one).
         min_train_samples: a training job refuses to start with fewer exported corrections
             [MIN_TRAIN_SAMPLES], default 20.
         train_steps: optimizer steps of a training run [TRAIN_STEPS]; None: 3 epochs over the corrections.
@@ -85,6 +85,24 @@ class Settings:
         prediction_memory_ttl: seconds the worker's record of what it predicted per task stays in Redis
             (``backend.prediction_memory``; the correction log reads it when Label Studio's webhook does
             not carry the prediction) [PREDICTION_MEMORY_TTL], default 7 days; 0 turns it off.
+        prediction_memory_max_tasks: tasks the prediction memory keeps at most, the least recently
+            predicted dropped first [PREDICTION_MEMORY_MAX_TASKS], default 100000.
+        prediction_memory_max_entry_bytes: a remembered prediction larger than this (compressed) is not
+            kept [PREDICTION_MEMORY_MAX_ENTRY_BYTES], default 262144.
+        webhook_secret: the secret ``/webhook`` requests prove they come from Label Studio with
+            (``backend.webhook_secret``) [WEBHOOK_SECRET]; None: generated once into
+            ``MODEL_DIR/webhook-secret``.
+        max_request_bytes: largest request body the web reads; larger ones are answered 413
+            [MAX_REQUEST_BYTES], default 32 MiB.
+        max_predict_tasks: most tasks one /predict call may carry (413 beyond) [MAX_PREDICT_TASKS],
+            default 1000.
+        max_mask_pixels: largest brush mask (``original_width * original_height``) a webhook's region may
+            declare; checked before decoding [MAX_MASK_PIXELS], default 25000000. One webhook decodes at
+            most 8 times this in all.
+        label_config_cache_bytes: bound of the parsed labeling-config cache, in bytes of config text
+            [LABEL_CONFIG_CACHE_BYTES], default 8 MiB.
+        max_task_log_lines: per /predict call, tasks whose errors are logged one line each; the rest are
+            summed up in one line [MAX_TASK_LOG_LINES], default 20.
     """
 
     checkpoint: str | None = None
@@ -119,6 +137,14 @@ class Settings:
     train_steps: int | None = None
     train_timeout: int = 6 * 3600
     prediction_memory_ttl: int = 7 * 24 * 3600
+    prediction_memory_max_tasks: int = 100_000
+    prediction_memory_max_entry_bytes: int = 256 * 1024
+    webhook_secret: str | None = None
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_predict_tasks: int = 1000
+    max_mask_pixels: int = 25_000_000
+    label_config_cache_bytes: int = 8 * 1024 * 1024
+    max_task_log_lines: int = 20
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "CORES_MODE", self.mode, f"one of {', '.join(MODES)}")
@@ -140,6 +166,13 @@ class Settings:
             ("MIN_TRAIN_SAMPLES", self.min_train_samples),
             ("TRAIN_TIMEOUT", self.train_timeout),
             ("TRAIN_STEPS", self.train_steps if self.train_steps is not None else 1),
+            ("PREDICTION_MEMORY_MAX_TASKS", self.prediction_memory_max_tasks),
+            ("PREDICTION_MEMORY_MAX_ENTRY_BYTES", self.prediction_memory_max_entry_bytes),
+            ("MAX_REQUEST_BYTES", self.max_request_bytes),
+            ("MAX_PREDICT_TASKS", self.max_predict_tasks),
+            ("MAX_MASK_PIXELS", self.max_mask_pixels),
+            ("LABEL_CONFIG_CACHE_BYTES", self.label_config_cache_bytes),
+            ("MAX_TASK_LOG_LINES", self.max_task_log_lines),
         ):
             _check(value >= 1, name, value, "an integer >= 1")
         _check(
@@ -165,11 +198,21 @@ class Settings:
             except VersionError as exc:
                 raise SettingsError(f"{PIN_ENV}: {exc}") from None
         if self.label_studio_url is not None:
+            from backend.url_safety import UnsafeUrlError, parse_fetch_url
+
+            try:
+                parse_fetch_url(self.label_studio_url)
+            except UnsafeUrlError as exc:
+                raise SettingsError(
+                    f"LABEL_STUDIO_URL must be a plain http:// or https:// URL, got "
+                    f"{self.label_studio_url!r}: {exc}"
+                ) from None
+        if self.webhook_secret is not None:
             _check(
-                self.label_studio_url.startswith(("http://", "https://")),
-                "LABEL_STUDIO_URL",
-                self.label_studio_url,
-                "an http:// or https:// URL",
+                len(self.webhook_secret) >= 16 and self.webhook_secret.isascii(),
+                "WEBHOOK_SECRET",
+                "(hidden)",
+                "at least 16 ASCII characters",
             )
 
     @classmethod
@@ -249,6 +292,14 @@ class Settings:
             "train_steps": integer("TRAIN_STEPS", 0) if text("TRAIN_STEPS") is not None else None,
             "train_timeout": integer("TRAIN_TIMEOUT", 6 * 3600),
             "prediction_memory_ttl": integer("PREDICTION_MEMORY_TTL", 7 * 24 * 3600),
+            "prediction_memory_max_tasks": integer("PREDICTION_MEMORY_MAX_TASKS", 100_000),
+            "prediction_memory_max_entry_bytes": integer("PREDICTION_MEMORY_MAX_ENTRY_BYTES", 256 * 1024),
+            "webhook_secret": text("WEBHOOK_SECRET"),
+            "max_request_bytes": integer("MAX_REQUEST_BYTES", 32 * 1024 * 1024),
+            "max_predict_tasks": integer("MAX_PREDICT_TASKS", 1000),
+            "max_mask_pixels": integer("MAX_MASK_PIXELS", 25_000_000),
+            "label_config_cache_bytes": integer("LABEL_CONFIG_CACHE_BYTES", 8 * 1024 * 1024),
+            "max_task_log_lines": integer("MAX_TASK_LOG_LINES", 20),
         }
         return cls(**values)
 
@@ -283,6 +334,13 @@ class Settings:
             "MIN_TRAIN_SAMPLES": str(self.min_train_samples),
             "TRAIN_TIMEOUT": str(self.train_timeout),
             "PREDICTION_MEMORY_TTL": str(self.prediction_memory_ttl),
+            "PREDICTION_MEMORY_MAX_TASKS": str(self.prediction_memory_max_tasks),
+            "PREDICTION_MEMORY_MAX_ENTRY_BYTES": str(self.prediction_memory_max_entry_bytes),
+            "MAX_REQUEST_BYTES": str(self.max_request_bytes),
+            "MAX_PREDICT_TASKS": str(self.max_predict_tasks),
+            "MAX_MASK_PIXELS": str(self.max_mask_pixels),
+            "LABEL_CONFIG_CACHE_BYTES": str(self.label_config_cache_bytes),
+            "MAX_TASK_LOG_LINES": str(self.max_task_log_lines),
         }
         optional = {
             "CORES_CHECKPOINT": self.checkpoint,
@@ -296,6 +354,7 @@ class Settings:
             "LABEL_STUDIO_API_KEY": self.label_studio_api_key,
             "BASIC_AUTH_USER": self.basic_auth_user,
             "BASIC_AUTH_PASS": self.basic_auth_pass,
+            "WEBHOOK_SECRET": self.webhook_secret,
             "LOCAL_FILES_DOCUMENT_ROOT": str(self.local_files_root) if self.local_files_root else None,
             LEVEL_LABELS_ENV: (
                 json.dumps({str(k): v for k, v in sorted(self.level_labels.items())})

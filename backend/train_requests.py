@@ -28,6 +28,7 @@ import redis
 from rq.job import JobStatus
 
 from backend import queues
+from backend.ids import MAX_ID
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ class TrainRequest:
 
     def __post_init__(self) -> None:
         checks = {
-            "project must be an integer id": _optional(self.project, int),
+            "project must be an integer id (0..2**63-1)": _optional(self.project, int)
+            and (self.project is None or 0 <= self.project <= MAX_ID),
             "min_correction must be a number in [0, 1]": _optional(self.min_correction, float)
             and (self.min_correction is None or 0.0 <= self.min_correction <= 1.0),
             "since must be an ISO time string": _optional(self.since, str),

@@ -10,13 +10,16 @@
    images with the worker's ``ImageFetcher`` (Label Studio credentials from the settings or ``/setup``).
    Fewer usable samples than the minimum (images that cannot be fetched, no query, no target mask) ->
    ``TrainingError`` naming the skip reasons.
-3. Free the served model (the fine-tuner loads its own copy), then ``cores.finetune`` the served version's
-   checkpoint into ``MODEL_DIR/training/<run>/checkpoint`` with a held-out validation split (gIoU/cIoU per
-   level before and after).
+3. Free the served model (the fine-tuner loads its own copy), then ``cores.finetune`` the version served to
+   the project (or to all, without a project) into ``MODEL_DIR/training/<run>/checkpoint`` with a
+   held-out validation split (gIoU/cIoU per level before and after).
 4. Publish the checkpoint as ``MODEL_DIR/versions/v<N>-<date>-<time>`` (``backend.version_store``) with a
-   ``version.json`` (parent, samples, metrics before/after, the fine-tune report); it becomes the served
-   version unless a pin holds the pointer. Then load the served version again, so this worker goes back to
-   predicting at once (other workers switch before their next job).
+   ``version.json`` (parent, samples, metrics before/after, the fine-tune report). A run on one project's
+   corrections is served to that project only (its pointer ``versions/projects/<N>`` moves); a run on every
+   project's (``python -m backend train`` without ``--project``) moves ``versions/current``. A pin holds
+   either. Serving a project's version to every project is an operator's ``versions promote NAME``. Then
+   load the served version again, so this worker goes back to predicting at once (other workers switch
+   before their next job).
 
 A failed run raises: ``GET /jobs/<id>`` shows the traceback and the worker log the message; nothing is
 published, and the served version does not change.
@@ -99,7 +102,7 @@ def train_model(request: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     settings = worker_settings()
     minimum = parsed.min_samples or settings.min_train_samples
-    parent = served_version(settings)
+    parent = served_version(settings, project=parsed.project)
     logger.info("training job %s: %s, from %s", job.id if job else "-", parsed.to_json(), parent.name)
     try:
         return _train(parsed, settings, parent, minimum, job.id if job else None, job, started)
@@ -195,7 +198,11 @@ def _train(
         },
     }
     published = version_store(settings).publish(
-        run.checkpoint, info, pin=settings.pinned_version, reason=f"training run {run.run_id}"
+        run.checkpoint,
+        info,
+        pin=settings.pinned_version,
+        reason=f"training run {run.run_id} ({scope})",
+        project=parsed.project,
     )
     name = published.version.name
     logger.info(

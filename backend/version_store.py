@@ -4,6 +4,7 @@ Layout::
 
     MODEL_DIR/versions/
         current                 # JSON pointer: {"version", "pinned", "previous", "updated_at", "reason"}
+        projects/<N>            # per-project pointers, the same JSON: what project N is served
         v1-20250301-100000/     # a published version: a checkpoint (released layout) plus
             version.json        #   {"name", "parent", "created_at", "samples", "metrics", "training", ...}
             finetune.json       #   the fine-tune report
@@ -12,8 +13,13 @@ Layout::
 The base checkpoint (``CORES_CHECKPOINT``) is the implicit first version; its name is ``model_version``'s
 (``cores-<checkpoint name>`` or ``MODEL_VERSION``) and it has no folder here.
 
-Which version is served (``VersionStore.served``): the pin ``CORES_MODEL_VERSION`` when set, else the
-version the pointer names, else the base. The pointer is a small file replaced atomically (write a temporary
+Which version is served (``VersionStore.served``): the pin ``CORES_MODEL_VERSION`` when set, else, for a
+request of project N, the version ``projects/<N>`` names, else the version ``current`` names, else the base.
+A version trained on one project's corrections is published with that project's pointer moved to it, so it
+serves that project only; ``current`` (every other project) moves only when an operator promotes a version
+for all (``python -m backend versions promote NAME``) or trains on every project's corrections.
+
+The pointer is a small file replaced atomically (write a temporary
 file, fsync, ``os.replace``), never a symlink; readers cache it by ``stat`` (inode, size, mtime), so asking
 "which version?" per request costs one ``stat`` call. A version folder appears atomically too: the trainer
 writes into a staging folder and ``publish`` renames it into place, so a reader never sees half a
@@ -46,11 +52,12 @@ PIN_ENV = "CORES_MODEL_VERSION"
 """Environment variable that pins the served version (a name from ``versions list``)."""
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 """What a version name may look like: it is a folder name and Label Studio's ``model_version``."""
-RESERVED_NAMES = frozenset({POINTER_FILE})
+PROJECTS_DIR = "projects"
+RESERVED_NAMES = frozenset({POINTER_FILE, PROJECTS_DIR})
 _PUBLISHED = re.compile(r"^v(\d+)-")
 _LOCK_FILE = ".lock"
 
-Source = Literal["pin", "pointer", "base"]
+Source = Literal["pin", "project", "pointer", "base", "request"]
 
 
 class VersionError(ValueError):
@@ -130,8 +137,9 @@ class Pointer:
 
 @dataclass(frozen=True)
 class ServedVersion:
-    """The version to serve now, and why: ``source`` is ``pin`` (``CORES_MODEL_VERSION``), ``pointer``
-    (``versions/current``) or ``base`` (no pointer yet)."""
+    """The version to serve now, and why: ``source`` is ``pin`` (``CORES_MODEL_VERSION``), ``project``
+    (``versions/projects/<N>``), ``pointer`` (``versions/current``), ``base`` (no pointer yet) or
+    ``request`` (a job asked for it by name)."""
 
     version: ModelVersion
     source: Source
@@ -170,7 +178,7 @@ class VersionStore:
         self.root = Path(model_dir) / VERSIONS_DIR
         self.base = ModelVersion(name=base_name, checkpoint=base_checkpoint, base=True)
         self._lock = threading.Lock()
-        self._cached: tuple[tuple[int, int, int], Pointer] | None = None
+        self._cached: dict[Path, tuple[tuple[int, int, int], Pointer]] = {}
         # Published folders are immutable (renamed into place whole): parse each version.json once.
         self._parsed: dict[str, ModelVersion] = {}
 
@@ -178,24 +186,47 @@ class VersionStore:
     def pointer_path(self) -> Path:
         return self.root / POINTER_FILE
 
+    def pointer_path_for(self, project: int | None) -> Path:
+        """``versions/current`` (None), or project ``project``'s pointer ``versions/projects/<N>``."""
+        if project is None:
+            return self.pointer_path
+        if isinstance(project, bool) or not isinstance(project, int) or project < 0:
+            raise VersionError(f"expected a project id, got {project!r}")
+        return self.root / PROJECTS_DIR / str(project)
+
+    def project_pointers(self) -> dict[int, Pointer]:
+        """Every project's own pointer, by project id."""
+        folder = self.root / PROJECTS_DIR
+        found: dict[int, Pointer] = {}
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if entry.name.isascii() and entry.name.isdigit():
+                    pointer = self.read_pointer(int(entry.name))
+                    if pointer is not None:
+                        found[int(entry.name)] = pointer
+        return dict(sorted(found.items()))
+
     # ---- reading ----------------------------------------------------------------------------------------
 
-    def read_pointer(self) -> Pointer | None:
-        """The pointer, or None when none was written yet. Re-read only when its file changed (``stat``).
+    def read_pointer(self, project: int | None = None) -> Pointer | None:
+        """The pointer (``current``, or ``project``'s), or None when none was written yet. Re-read only when
+        its file changed (``stat``).
 
         Raises:
             VersionError: a pointer file that is not the JSON this module writes.
         """
+        path = self.pointer_path_for(project)
         try:
-            st = os.stat(self.pointer_path)
+            st = os.stat(path)
         except FileNotFoundError:
             return None
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
-            if self._cached is not None and self._cached[0] == key:
-                return self._cached[1]
+            cached = self._cached.get(path)
+            if cached is not None and cached[0] == key:
+                return cached[1]
         try:
-            data = json.loads(self.pointer_path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
             pointer = Pointer(
                 version=str(data["version"]),
                 pinned=bool(data.get("pinned", False)),
@@ -207,11 +238,12 @@ class VersionStore:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise VersionError(
-                f"{self.pointer_path} is not a version pointer ({exc}); fix it with "
-                "`python -m backend versions pin NAME`"
+                f"{path} is not a version pointer ({exc}); fix it with `python -m backend versions pin NAME`"
             ) from exc
         with self._lock:
-            self._cached = (key, pointer)
+            if len(self._cached) > 4096:  # pointers of projects no longer asked about
+                self._cached.clear()
+            self._cached[path] = (key, pointer)
         return pointer
 
     def get(self, name: str) -> ModelVersion:
@@ -261,18 +293,29 @@ class VersionStore:
         published.sort(key=lambda v: (v.created_at or "", v.name))
         return [self.base, *published]
 
-    def served(self, pin: str | None = None) -> ServedVersion:
-        """The version to serve: ``pin`` (``CORES_MODEL_VERSION``) if given, else the pointer's, else base.
+    def served(self, pin: str | None = None, project: int | None = None) -> ServedVersion:
+        """The version to serve: ``pin`` (``CORES_MODEL_VERSION``) if given, else ``project``'s pointer's
+        (when the project has one), else ``current``'s, else base.
 
         Raises:
-            VersionError: the pin or the pointer names a version that does not exist, or the pointer file
-                is unreadable.
+            VersionError: the pin or a pointer names a version that does not exist, or a pointer file is
+                unreadable.
         """
         if pin:
             try:
                 return ServedVersion(self.get(pin), "pin", True)
             except VersionError as exc:
                 raise VersionError(f"{PIN_ENV}={pin}: {exc}") from None
+        if project is not None:
+            own = self.read_pointer(project)
+            if own is not None:
+                try:
+                    return ServedVersion(self.get(own.version), "project", own.pinned)
+                except VersionError as exc:
+                    raise VersionError(
+                        f"{self.pointer_path_for(project)} names a missing version: {exc}; choose one with "
+                        f"`python -m backend versions promote NAME --project {project}`"
+                    ) from None
         pointer = self.read_pointer()
         if pointer is None:
             return ServedVersion(self.base, "base", False)
@@ -297,62 +340,66 @@ class VersionStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _write_pointer(self, pointer: Pointer) -> None:
-        """Atomically replace the pointer file (callers hold ``locked()``)."""
-        tmp = self.root / f".{POINTER_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+    def _write_pointer(self, pointer: Pointer, project: int | None = None) -> None:
+        """Atomically replace the pointer file (``current`` or ``project``'s; callers hold ``locked()``)."""
+        path = self.pointer_path_for(project)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(pointer.to_json(), handle, indent=1)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, self.pointer_path)
-        _fsync_dir(self.root)
-        logger.info("model version pointer -> %s (%s)", pointer.version, pointer.reason)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        where = "every project" if project is None else f"project {project}"
+        logger.info("model version pointer of %s -> %s (%s)", where, pointer.version, pointer.reason)
 
-    def set_current(self, name: str, *, pinned: bool, reason: str) -> Pointer:
-        """Point ``current`` at ``name`` (which must exist).
+    def set_current(self, name: str, *, pinned: bool, reason: str, project: int | None = None) -> Pointer:
+        """Point ``current`` (or ``project``'s pointer) at ``name`` (which must exist).
 
         Raises:
             VersionError: no such version.
         """
         with self.locked():
             self.get(name)
-            old = self.read_pointer()
-            previous = old.version if old is not None else self.base.name
+            previous = self.served(project=project).name
             pointer = Pointer(name, pinned, previous, utc_now(), reason)
-            self._write_pointer(pointer)
+            self._write_pointer(pointer, project)
             return pointer
 
-    def unpin(self) -> Pointer:
-        """Keep the current version but let the next published version replace it."""
+    def reset(self, project: int) -> Pointer | None:
+        """Drop ``project``'s own pointer: it is served what every project is again. Returns the old one."""
         with self.locked():
-            old = self.read_pointer()
-            pointer = Pointer(
-                old.version if old is not None else self.base.name,
-                False,
-                old.previous if old is not None else None,
-                utc_now(),
-                "unpinned",
-            )
-            self._write_pointer(pointer)
+            old = self.read_pointer(project)
+            self.pointer_path_for(project).unlink(missing_ok=True)
+            return old
+
+    def unpin(self, project: int | None = None) -> Pointer:
+        """Keep the served version but let the next published version replace it."""
+        with self.locked():
+            served = self.served(project=project)
+            old = self.read_pointer(project)
+            pointer = Pointer(served.name, False, old.previous if old else None, utc_now(), "unpinned")
+            self._write_pointer(pointer, project)
             return pointer
 
-    def rollback(self) -> Pointer:
-        """Point ``current`` at the parent of the version it names now, pinned (a later training run
-        publishes but does not serve until ``unpin`` or ``pin``). ``CORES_MODEL_VERSION``, when set, still
-        overrides the pointer.
+    def rollback(self, project: int | None = None) -> Pointer:
+        """Point ``current`` (or ``project``'s pointer) at the parent of the version served now, pinned (a
+        later training run publishes but does not serve until ``unpin`` or ``pin``). ``CORES_MODEL_VERSION``,
+        when set, still overrides the pointers.
 
         Raises:
-            VersionError: the current version is the base (it has no parent).
+            VersionError: the served version is the base (it has no parent).
         """
         with self.locked():
-            served = self.served()
+            served = self.served(project=project)
             parent = served.version.parent
             if parent is None:
                 raise VersionError(f"{served.name} is the base version: there is nothing to roll back to")
             self.get(parent)
             pointer = Pointer(parent, True, served.name, utc_now(), f"rolled back from {served.name}")
-            self._write_pointer(pointer)
+            self._write_pointer(pointer, project)
             return pointer
 
     def next_name(self, when: datetime | None = None) -> str:
@@ -367,10 +414,17 @@ class VersionStore:
         return f"v{highest + 1}-{stamp}"
 
     def publish(
-        self, staged: Path, info: Mapping[str, Any], *, pin: str | None = None, reason: str = "published"
+        self,
+        staged: Path,
+        info: Mapping[str, Any],
+        *,
+        pin: str | None = None,
+        reason: str = "published",
+        project: int | None = None,
     ) -> Published:
         """Move the checkpoint folder ``staged`` into the store as a new version and, unless a pin holds
-        the pointer (``pin``, i.e. ``CORES_MODEL_VERSION``, or a pinned pointer), make it current.
+        the pointer (``pin``, i.e. ``CORES_MODEL_VERSION``, or a pinned pointer), serve it: to ``project``
+        only (its pointer moves) when given, else to every project (``current`` moves).
 
         ``info`` becomes ``version.json`` together with ``name`` and ``created_at``; it should hold
         ``parent``. ``staged`` must be on the same file system as ``MODEL_DIR`` (the move is a rename).
@@ -399,13 +453,12 @@ class VersionStore:
                 raise VersionError("could not find a free version name")
             _fsync_dir(self.root)
             version = self._read(self.root / name)
-            old = self.read_pointer()
+            served = self.served(project=project)
             held_by = f"{PIN_ENV}={pin}" if pin else None
-            if held_by is None and old is not None and old.pinned:
-                held_by = f"the pointer is pinned to {old.version}"
+            if held_by is None and served.source in ("project", "pointer") and served.pinned:
+                held_by = f"the pointer is pinned to {served.name}"
             if held_by is None:
-                previous = old.version if old is not None else self.base.name
-                self._write_pointer(Pointer(name, False, previous, utc_now(), reason))
+                self._write_pointer(Pointer(name, False, served.name, utc_now(), reason), project)
         logger.info(
             "published model version %s (parent %s)%s",
             name,

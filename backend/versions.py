@@ -50,13 +50,16 @@ def version_store(settings: Settings) -> VersionStore:
     return VersionStore(settings.model_dir, model_version(settings), base)
 
 
-def served_version(settings: Settings, store: VersionStore | None = None) -> ServedVersion:
-    """The version to serve now: ``CORES_MODEL_VERSION``, else the pointer's, else the base.
+def served_version(
+    settings: Settings, store: VersionStore | None = None, project: int | None = None
+) -> ServedVersion:
+    """The version to serve now (to ``project``, when given): ``CORES_MODEL_VERSION``, else the project's
+    pointer's, else ``current``'s, else the base.
 
     Raises:
-        backend.version_store.VersionError: the pin or the pointer names a missing version.
+        backend.version_store.VersionError: the pin or a pointer names a missing version.
     """
-    return (store or version_store(settings)).served(settings.pinned_version)
+    return (store or version_store(settings)).served(settings.pinned_version, project)
 
 
 def available_versions(settings: Settings, store: VersionStore | None = None) -> list[str]:

@@ -43,8 +43,9 @@ from typing import Any, Protocol
 import redis
 
 from backend.annotation_payload import annotation_query, annotation_task, payload_prediction
+from backend.ids import id_or_none, project_id
 from backend.label_config import LabelConfigError, SegmentationSchema, cached_label_config
-from backend.ls_connection import project_id, resolve
+from backend.ls_connection import resolve
 from backend.prediction_memory import recall
 from backend.settings import Settings
 
@@ -58,10 +59,6 @@ CORRECTIONS_FILE = "corrections.sqlite3"
 """The correction store's file under ``MODEL_DIR`` (``backend.corrections.DEFAULT_FILENAME``)."""
 FETCH_THREADS = 2
 """Threads of the web's pool that fetch predictions named only by id (``CorrectionWebhooks``)."""
-
-
-def _as_id(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class WebhookPayloadError(ValueError):
@@ -104,7 +101,7 @@ class CorrectionWebhooks:
             if self._store is None:
                 from backend.corrections import CorrectionStore
 
-                self._store = CorrectionStore(self.store_path)
+                self._store = CorrectionStore(self.store_path, max_mask_pixels=self.settings.max_mask_pixels)
             return self._store
 
     def close(self) -> None:
@@ -162,7 +159,7 @@ class CorrectionWebhooks:
                 logger.warning(
                     "%s: the remembered prediction is not usable (%s); recording without it", action, exc
                 )
-                fetch_id = _as_id(remembered.get("id"))
+                fetch_id = id_or_none(remembered.get("id"))
                 outcome = self.store().record_webhook(payload, schema=schema, mapping=mapping)
         except CorrectionError as exc:
             raise WebhookPayloadError(f"{action}: {exc}") from exc

@@ -14,10 +14,13 @@ Jobs reach the loaded model through ``get_context()`` / ``get_pipeline()``: a pr
 ``ModelHolder``. torch and ``cores.pipeline`` are imported only when the model is loaded, never by the web.
 
 Model versions: the worker loads the served version (``CORES_MODEL_VERSION``, else the one
-``MODEL_DIR/versions/current`` names, else the base ``CORES_CHECKPOINT``; ``backend.versions``). Before
-each job ``CoresWorker`` compares it with the loaded one (a ``stat`` of the pointer file) and, when it
-changed, frees the old model and loads the new one: a published fine-tune, a pin or a rollback reaches
-every worker at its next job, without a restart.
+``MODEL_DIR/versions/current`` names, else the base ``CORES_CHECKPOINT``; ``backend.versions``). A
+prediction job names the version the web promised its project (projects can be served their own
+fine-tunes, ``backend.version_store``); before each job ``CoresWorker`` compares the job's version (or, for
+other jobs, the served one) with the loaded one and, when they differ, frees the old model and loads the
+new one: a published fine-tune, a pin or a rollback reaches every worker at its next job, without a restart.
+The cost of a switch is one model load (about a minute for the 7B model from a local disk): a deployment
+whose projects are served different versions reloads whenever consecutive jobs need different ones.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from rq.job import Job
 from backend.graceful_worker import GracefulWorker
 from backend.images import ImageFetcher
 from backend.ls_connection import LabelStudioConnection
-from backend.queues import QUEUE_NAMES, SERIALIZER, connect, describe_connection, get_queue
+from backend.queues import PREDICT_JOB, QUEUE_NAMES, SERIALIZER, connect, describe_connection, get_queue
+from backend.redis_outages import MAINTENANCE_INTERVAL_S, WORKER_TTL_S, OutageTolerantWorker
 from backend.settings import Settings
-from backend.version_store import VersionStore
+from backend.version_store import ServedVersion, VersionStore
 from backend.versions import ensure_checkpoint, served_version, version_store
 
 if TYPE_CHECKING:
@@ -135,17 +139,23 @@ class ModelHolder:
         """The settings of the last ``load`` (kept across ``unload``)."""
         return self._settings
 
-    def load(self, settings: Settings) -> WorkerContext:
-        """Load the version ``settings`` serve, unless the same checkpoint/device/dtype is already loaded.
-        A different one replaces the loaded model, which is freed first.
+    def load(self, settings: Settings, version: str | None = None) -> WorkerContext:
+        """Load ``version`` (a name), or the version ``settings`` serve, unless the same
+        checkpoint/device/dtype is already loaded. A different one replaces the loaded model, which is freed
+        first.
 
         Raises:
-            backend.version_store.VersionError: the pin or the pointer names a missing version.
+            backend.version_store.VersionError: no such version, or a pin or pointer names a missing one.
             cores.errors.CoresError: a bad checkpoint, device or dtype.
             OSError: unreadable checkpoint files.
         """
         with self._lock:
-            served = served_version(settings, self._versions(settings))
+            store = self._versions(settings)
+            served = (
+                ServedVersion(store.get(version), "request", False)
+                if version is not None
+                else served_version(settings, store)
+            )
             current = self._context
             key = (served.checkpoint, settings.device, settings.dtype)
             if self._fetchers is None or self._settings != settings:
@@ -185,9 +195,9 @@ class ModelHolder:
             )
             return self._context
 
-    def refresh(self) -> WorkerContext | None:
-        """Reload when the served version is not the loaded one (cheap otherwise: one ``stat``). Without
-        settings (nothing was ever loaded) it does nothing.
+    def refresh(self, version: str | None = None) -> WorkerContext | None:
+        """Reload when ``version`` (else the served version) is not the loaded one (cheap otherwise: one
+        ``stat``). Without settings (nothing was ever loaded) it does nothing.
 
         Raises:
             as ``load``.
@@ -197,10 +207,11 @@ class ModelHolder:
                 return None
             current = self._context
             if current is not None:
-                served = served_version(self._settings, self._versions(self._settings))
-                if served.name == current.model_version and served.checkpoint == current.checkpoint:
+                store = self._versions(self._settings)
+                wanted = store.get(version) if version is not None else served_version(self._settings, store)
+                if wanted.name == current.model_version and wanted.checkpoint == current.checkpoint:
                     return current
-            return self.load(self._settings)
+            return self.load(self._settings, version)
 
     def unload(self) -> None:
         """Free the loaded model (its GPU memory too); the next ``get``/``refresh`` loads again."""
@@ -253,9 +264,9 @@ def load_model(settings: Settings) -> WorkerContext:
     return _HOLDER.load(settings)
 
 
-def refresh_model() -> WorkerContext | None:
-    """Reload if the served version changed (see ``ModelHolder.refresh``)."""
-    return _HOLDER.refresh()
+def refresh_model(version: str | None = None) -> WorkerContext | None:
+    """Reload if ``version`` (else the served version) is not the loaded one (see ``ModelHolder.refresh``)."""
+    return _HOLDER.refresh(version)
 
 
 def unload_model() -> None:
@@ -278,15 +289,16 @@ def get_context() -> WorkerContext:
     return _HOLDER.get()
 
 
-def serving_context() -> WorkerContext:
-    """The context with the version served now: reloads first when it changed (``ModelHolder.refresh``).
-    ``CoresWorker`` already refreshes before each job; jobs call this once at their start too, so that a
-    job run by any worker serves the current version, and never switches models midway.
+def serving_context(version: str | None = None) -> WorkerContext:
+    """The context with ``version`` (else the version served now) loaded: reloads first when needed
+    (``ModelHolder.refresh``). ``CoresWorker`` already refreshes before each job; jobs call this once at
+    their start too, so that a job run by any worker uses the version it asks for, and never switches
+    models midway.
 
     Raises:
-        as ``ModelHolder.load``: the served version cannot be loaded (the job fails with that error).
+        as ``ModelHolder.load``: the version cannot be loaded (``VersionError`` when it does not exist).
     """
-    _HOLDER.refresh()
+    _HOLDER.refresh(version)
     return _HOLDER.get()
 
 
@@ -295,17 +307,30 @@ def get_pipeline() -> CoresPipeline:
     return _HOLDER.get().pipeline
 
 
-class CoresWorker(GracefulWorker):
-    """rq's non-forking worker that, before each job, reloads the model when the served version changed
-    (a published fine-tune, ``versions pin``/``rollback``): workers switch versions between jobs, without a
-    restart. A failed reload is logged and the job runs anyway (it fails with the loading error)."""
+class CoresWorker(OutageTolerantWorker, GracefulWorker):
+    """rq's non-forking worker that, before each job, loads the model version the job needs when another
+    one is loaded (a published fine-tune, ``versions pin``/``rollback``, a project's own version): workers
+    switch versions between jobs, without a restart. A failed reload is logged and the job runs anyway (it
+    fails with the loading error). Redis outages are ridden out (``backend.redis_outages``)."""
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        version = requested_version(job)
         try:
-            refresh_model()
+            refresh_model(version)
         except Exception:  # the model cannot be reloaded: log it, let the job report its own failure
-            logger.exception("cannot switch to the served model version before job %s", job.id)
+            logger.exception("cannot switch to model version %s before job %s", version or "(served)", job.id)
         super().execute_job(job, queue)
+
+
+def requested_version(job: Job) -> str | None:
+    """The model version a prediction job asks for (its request's ``model_version``), else None."""
+    try:
+        if job.func_name != PREDICT_JOB or not job.args or not isinstance(job.args[0], dict):
+            return None
+    except Exception:  # an unreadable job: let rq report it
+        return None
+    version = job.args[0].get("model_version")
+    return version if isinstance(version, str) and version else None
 
 
 def build_worker(
@@ -323,6 +348,8 @@ def build_worker(
         serializer=SERIALIZER,
         default_result_ttl=settings.result_ttl,
         shutdown_grace=settings.shutdown_grace,
+        worker_ttl=WORKER_TTL_S,
+        maintenance_interval=MAINTENANCE_INTERVAL_S,
     )
 
 
@@ -361,5 +388,8 @@ def run_worker(
         describe_connection(connection),
         ", ".join(queues),
     )
-    worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+    try:
+        worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+    except (redis.exceptions.RedisError, OSError) as exc:  # Redis down at shutdown: rq cannot say goodbye
+        logger.warning("worker %s stopped while Redis was unreachable: %s", worker.name, exc)
     return 0

@@ -275,3 +275,30 @@ def test_level_labels_mapping_to_unknown_label() -> None:
 def test_level_labels_needs_a_level() -> None:
     with pytest.raises(LabelConfigError, match="at least one chain level"):
         level_labels(SCHEMA, 0)
+
+
+def test_the_schema_cache_is_bounded_by_config_bytes() -> None:
+    from backend.label_config import SchemaCache
+
+    def config(n: int, padding: int) -> str:
+        return (
+            f'<View><!-- {"x" * padding} --><Image name="image" value="$image"/>'
+            f'<BrushLabels name="tag{n}" toName="image"><Label value="L"/></BrushLabels></View>'
+        )
+
+    cache = SchemaCache(max_bytes=10_000)
+    configs = [config(n, 3_000) for n in range(10)]
+    for text in configs:
+        assert cache.get(text).brush_from_name.startswith("tag")
+    assert cache.size_bytes <= 10_000
+    assert len(cache) == 3  # the newest three fit, the older ones were evicted
+    huge = config(99, 20_000)
+    assert cache.get(huge).brush_from_name == "tag99"  # parsed, but bigger than the bound: not kept
+    assert len(cache) == 3 and cache.size_bytes <= 10_000
+
+
+def test_a_config_with_a_lone_surrogate_is_a_config_error() -> None:
+    from backend.label_config import LabelConfigError, parse_label_config
+
+    with pytest.raises(LabelConfigError, match="lone surrogate"):
+        parse_label_config('<View><Image name="i\ud800" value="$image"/></View>')

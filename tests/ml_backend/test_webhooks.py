@@ -197,7 +197,8 @@ def test_labeling_configs_are_parsed_once_per_config(
         calls.append(config)
         return real(config)
 
-    label_config.cached_label_config.cache_clear()  # the memo is per process: start from an empty one
+    label_config.configure_schema_cache(0)  # the memo is per process: start from an empty one
+    label_config.configure_schema_cache(label_config.DEFAULT_CACHE_BYTES)
     monkeypatch.setattr(label_config, "parse_label_config", counting)
     for name in (
         "annotation_created.json",
