@@ -256,7 +256,14 @@ def _remember(
         if entry is not None:
             entries.append((task.id, entry))
     try:
-        kept = remember(connection, request.project, entries, settings.prediction_memory_ttl)
+        kept = remember(
+            connection,
+            request.project,
+            entries,
+            settings.prediction_memory_ttl,
+            max_tasks=settings.prediction_memory_max_tasks,
+            max_entry_bytes=settings.prediction_memory_max_entry_bytes,
+        )
     except (redis.exceptions.RedisError, OSError) as exc:
         logger.warning(
             "could not remember the predictions of project %s tasks %s in Redis (corrections of them "

@@ -25,6 +25,7 @@ import base64
 import binascii
 import json
 import logging
+import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ logger = logging.getLogger(__name__)
 KEY_PREFIX = "cores:predicted:"
 MAX_ENTRIES = 4
 """Entries kept per task (several queries on one image); older ones are dropped."""
+INDEX_KEY = "cores:predicted-index"
+"""Sorted set of every remembered task's key, scored by the time of its last prediction."""
+DEFAULT_MAX_TASKS = 100_000
+DEFAULT_MAX_ENTRY_BYTES = 256 * 1024
 BRUSH_TYPE = "brushlabels"
 
 
@@ -91,7 +96,7 @@ class RememberedPrediction:
                 {
                     "label": lvl.label,
                     "score": lvl.score,
-                    "rle_z": base64.b64encode(zlib.compress(bytes(lvl.rle))).decode("ascii"),
+                    "rle_z": base64.b64encode(zlib.compress(bytes(lvl.rle), 9)).decode("ascii"),
                 }
                 for lvl in self.levels
             ],
@@ -198,23 +203,55 @@ def remember(
     project: int,
     entries: Iterable[tuple[int, RememberedPrediction]],
     ttl_s: int,
+    *,
+    max_tasks: int = DEFAULT_MAX_TASKS,
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
 ) -> int:
     """Push each ``(task id, entry)`` onto its task's list (one pipeline); returns how many were kept.
+
+    An entry over ``max_entry_bytes`` (``PREDICTION_MEMORY_MAX_ENTRY_BYTES``) is not kept; beyond
+    ``max_tasks`` tasks (``PREDICTION_MEMORY_MAX_TASKS``) the least recently predicted tasks are forgotten
+    (``INDEX_KEY`` orders them).
 
     Raises:
         redis.exceptions.RedisError: Redis is unreachable (callers log it: the memory is best effort).
     """
     count = 0
+    now = time.time()
     with connection.pipeline(transaction=False) as pipe:
         for task, entry in entries:
+            text = json.dumps(entry.to_json(), separators=(",", ":"))
+            if len(text) > max_entry_bytes:
+                logger.info(
+                    "task %s: its prediction takes %d bytes, over PREDICTION_MEMORY_MAX_ENTRY_BYTES=%d: "
+                    "not remembered",
+                    task,
+                    len(text),
+                    max_entry_bytes,
+                )
+                continue
             key = memory_key(project, task)
-            pipe.lpush(key, json.dumps(entry.to_json(), separators=(",", ":")))
+            pipe.lpush(key, text)
             pipe.ltrim(key, 0, MAX_ENTRIES - 1)
             pipe.expire(key, ttl_s)
+            pipe.zadd(INDEX_KEY, {key: now})
             count += 1
         if count:
-            pipe.execute()
+            pipe.zremrangebyscore(INDEX_KEY, "-inf", now - ttl_s)  # expired on their own
+            pipe.zcard(INDEX_KEY)
+            size = pipe.execute()[-1]
+            if size > max_tasks:
+                _forget_oldest(connection, int(size) - max_tasks)
     return count
+
+
+def _forget_oldest(connection: redis.Redis, n: int) -> None:
+    """Drop the ``n`` least recently predicted tasks' entries."""
+    oldest: Any = connection.zpopmin(INDEX_KEY, n)
+    keys = [key for key, _ in oldest]
+    if keys:
+        connection.delete(*keys)
+        logger.debug("prediction memory full: forgot %d task(s)", len(keys))
 
 
 def choose(entries: Sequence[RememberedPrediction], query: str | None) -> RememberedPrediction | None:

@@ -24,6 +24,7 @@ from backend.app import create_app
 from backend.settings import Settings
 from backend.worker import build_worker, load_model
 from tests.ml_backend.fake_label_studio import TOKEN, FakeLabelStudio
+from tests.ml_backend.signing import signed_client
 
 T = TypeVar("T")
 
@@ -57,6 +58,7 @@ def settings(tiny_checkpoint: Path, tmp_path: Path, redis_url: str, fake_ls: Fak
         predict_deadline=20.0,
         allow_private_networks=True,
         job_timeout=120,
+        webhook_secret="tests-webhook-secret-0123456789",
     )
 
 
@@ -80,8 +82,8 @@ def app(settings: Settings, redis_conn: redis.Redis) -> Flask:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    """A Flask test client of ``app``."""
-    return app.test_client()
+    """A test client of ``app`` that signs webhooks as Label Studio would (``LabelStudioClient``)."""
+    return signed_client(app)
 
 
 def quiet(worker: SimpleWorker) -> SimpleWorker:

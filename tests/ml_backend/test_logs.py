@@ -181,21 +181,3 @@ def test_log_format_setting_is_validated() -> None:
     with pytest.raises(SettingsError, match="WORKER_SHUTDOWN_GRACE"):
         Settings.from_env({"WORKER_SHUTDOWN_GRACE": "0"})
     assert Settings.from_env({"WORKER_SHUTDOWN_GRACE": "2.5"}).to_env()["WORKER_SHUTDOWN_GRACE"] == "2.5"
-
-
-def test_gunicorns_own_lines_follow_log_format(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gunicorn.config import Config
-
-    from backend.logs import JsonFormatter
-    from backend.server import GunicornLogger, gunicorn_command
-
-    monkeypatch.setenv("LOG_FORMAT", "json")
-    error_log = GunicornLogger(Config()).error_log
-    handlers = list(error_log.handlers)
-    for handler in handlers:  # gunicorn's loggers are global: leave them as they were
-        error_log.removeHandler(handler)
-    assert handlers
-    assert all(isinstance(h.formatter, JsonFormatter) for h in handlers)
-    command = gunicorn_command(Settings())
-    assert command[command.index("--logger-class") + 1] == "backend.server.GunicornLogger"
-    assert "--access-logfile" not in command  # the app writes the access log, with request ids

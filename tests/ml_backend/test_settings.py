@@ -80,7 +80,7 @@ def test_every_variable_is_read() -> None:
         ({"BASIC_AUTH_USER": "u"}, "BASIC_AUTH_USER/BASIC_AUTH_PASS"),
         ({"CORES_LEVEL_LABELS": "1-Kitchen"}, "CORES_LEVEL_LABELS"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be one of"),
-        ({"LABEL_STUDIO_URL": "ls:8080"}, "LABEL_STUDIO_URL must be an http://"),
+        ({"LABEL_STUDIO_URL": "ls:8080"}, "LABEL_STUDIO_URL must be a plain http://"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], message: str) -> None:

@@ -56,8 +56,9 @@ def record_corrections(client: FlaskClient, count: int) -> None:
         assert answer["status"] == "created", answer
 
 
-def predict(client: FlaskClient, worker: SimpleWorker) -> dict[str, Any]:
+def predict(client: FlaskClient, worker: SimpleWorker, project: int = PROJECT) -> dict[str, Any]:
     body = predict_body([(7, {"image": data_uri(png_bytes(W, H, seed=9))})], prompt="the cup")
+    body["project"] = f"{project}.1795672559"
     response = run_with_worker(worker, lambda: client.post("/predict", json=body))
     assert response.status_code == 200, response.get_json()
     answer: dict[str, Any] = response.get_json()
@@ -65,9 +66,9 @@ def predict(client: FlaskClient, worker: SimpleWorker) -> dict[str, Any]:
     return answer
 
 
-def reports(client: FlaskClient) -> tuple[str, str]:
-    """What /setup and /versions say the model version is."""
-    setup = client.post("/setup", json={"project": f"{PROJECT}.1"}).get_json()["model_version"]
+def reports(client: FlaskClient, project: int = PROJECT) -> tuple[str, str]:
+    """What /setup (for ``project``) and /versions (every project's) say the model version is."""
+    setup = client.post("/setup", json={"project": f"{project}.1"}).get_json()["model_version"]
     return setup, client.get("/versions").get_json()["model_version"]
 
 
@@ -119,16 +120,30 @@ def test_corrections_train_a_new_version_that_workers_serve_pin_and_roll_back(
     data = Path(meta["training"]["data"])
     assert data.parent.parent == settings.model_dir / "training"
     assert len((data / "manifest.jsonl").read_text().splitlines()) == 5
-    assert json.loads((settings.model_dir / "versions" / "current").read_text())["version"] == version
+    # trained on project 3's corrections: served to project 3 only (its own pointer), not to every project
+    pointer = settings.model_dir / "versions" / "projects" / str(PROJECT)
+    assert json.loads(pointer.read_text())["version"] == version
+    assert not (settings.model_dir / "versions" / "current").exists()
 
-    # the same worker, between jobs, serves the new version; the web reports it
+    # the same worker, between jobs, serves the job's version; the web reports it per project
+    assert predict(client, worker)["model_version"] == version
     assert get_context().model_version == version
     assert get_context().checkpoint == str(folder)
-    assert predict(client, worker)["model_version"] == version
-    assert reports(client) == (version, version)
+    assert reports(client) == (version, BASE)
+    assert reports(client, project=4) == (BASE, BASE)
+    assert predict(client, worker, project=4)["model_version"] == BASE  # switched back for project 4
     assert client.get("/versions").get_json()["versions"] == [BASE, version]
 
-    # a job that the web enqueued for the old version is answered with the version that produced it
+    # an operator promotes it for every project
+    monkeypatch.setenv("MODEL_DIR", str(settings.model_dir))
+    monkeypatch.setenv("CORES_CHECKPOINT", str(settings.checkpoint))
+    monkeypatch.delenv(PIN_ENV, raising=False)
+    monkeypatch.delenv("MODEL_VERSION", raising=False)
+    assert versions_main(["promote", version]) == 0
+    assert reports(client, project=4) == (version, version)
+    assert predict(client, worker, project=4)["model_version"] == version
+
+    # a job enqueued for the base version is answered by the base version (the worker loads it)
     request = PredictRequest(
         tasks=(TaskInput(id=8, image=data_uri(png_bytes(W, H, seed=3)), query="the cup"),),
         schema=parse_label_config(shipped_label_config()),
@@ -140,8 +155,8 @@ def test_corrections_train_a_new_version_that_workers_serve_pin_and_roll_back(
     assert outcome is not None
     assert outcome[1] is None
     value = outcome[0]
-    assert (value["model_version"], value["requested_version"]) == (version, BASE)
-    assert value["results"][0]["model_version"] == version
+    assert (value["model_version"], value["requested_version"]) == (BASE, BASE)
+    assert value["results"][0]["model_version"] == BASE
 
     # CORES_MODEL_VERSION pins the base in processes started with it
     pinned = Settings.from_env({**train_settings.to_env(), PIN_ENV: BASE})
@@ -150,18 +165,16 @@ def test_corrections_train_a_new_version_that_workers_serve_pin_and_roll_back(
     assert predict(pinned_client, worker)["model_version"] == BASE
     assert reports(pinned_client) == (BASE, BASE)
 
-    # back without the pin: the pointer's version; then `versions rollback` serves its parent
+    # back without the pin: the pointers' version; then `versions rollback` serves its parent
     load_model(train_settings)
     assert get_context().model_version == version
-    monkeypatch.setenv("MODEL_DIR", str(settings.model_dir))
-    monkeypatch.setenv("CORES_CHECKPOINT", str(settings.checkpoint))
-    monkeypatch.delenv(PIN_ENV, raising=False)
-    monkeypatch.delenv("MODEL_VERSION", raising=False)
-    assert versions_main(["rollback"]) == 0
-    assert reports(client) == (BASE, BASE)  # the web: at once
+    assert versions_main(["rollback", "--project", str(PROJECT)]) == 0
+    assert reports(client) == (BASE, version)  # the web: at once, for project 3 only
     assert predict(client, worker)["model_version"] == BASE  # the worker: at its next job
     assert get_context().model_version == BASE
-    assert served_version(settings).pinned
+    assert served_version(settings, project=PROJECT).pinned
+    assert versions_main(["rollback"]) == 0
+    assert reports(client, project=4) == (BASE, BASE)
 
 
 def test_training_refuses_too_few_corrections_with_a_clear_job_error(

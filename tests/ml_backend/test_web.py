@@ -24,6 +24,7 @@ from backend.settings import Settings
 from tests.ml_backend.conftest import PROMPT_CONFIG
 from tests.ml_backend.fake_label_studio import data_uri, png_bytes
 from tests.ml_backend.payloads import predict_body
+from tests.ml_backend.signing import signed_client
 from tests.redis_server import free_tcp_port
 
 NO_BRUSH_CONFIG = """<View>
@@ -60,12 +61,18 @@ def test_creating_the_web_app_does_not_import_torch(settings: Settings) -> None:
 def test_health_and_root_report_up_with_the_model_version(client: FlaskClient) -> None:
     for path in ("/", "/health"):
         answer = client.get(path).get_json()
-        assert answer == {"status": "UP", "model_class": "CoReS", "model_version": "cores-cores"}
+        assert {k: answer[k] for k in ("status", "model_class", "model_version")} == {
+            "status": "UP",
+            "model_class": "CoReS",
+            "model_version": "cores-cores",
+        }
 
 
 def test_setup_answers_the_version_and_remembers_label_studio(
-    client: FlaskClient, settings: Settings, redis_conn: redis.Redis
+    settings: Settings, redis_conn: redis.Redis
 ) -> None:
+    settings = settings.with_changes(label_studio_url=None, label_studio_api_key=None)
+    client = create_app(settings, connection=redis_conn).test_client()
     body = {
         "project": "3.1795672559",
         "schema": PROMPT_CONFIG,
@@ -116,7 +123,7 @@ def test_webhook_accepts_handled_actions_and_ignores_others(
         calls.append((action, payload))
         return {"recorded": True}
 
-    client = create_app(settings, connection=redis_conn, webhook_handler=handler).test_client()
+    client = signed_client(create_app(settings, connection=redis_conn, webhook_handler=handler))
     created = {
         "action": "ANNOTATION_CREATED",
         "annotation": {"id": 1, "result": [], "task": 1},
@@ -135,13 +142,16 @@ def test_webhook_accepts_handled_actions_and_ignores_others(
     assert ignored.get_json() == {"status": "ignored", "action": "PROJECT_UPDATED"}
     assert len(calls) == 2
     assert client.post("/webhook", data="{not json", content_type="application/json").status_code == 400
-    assert client.post("/webhook", json={"no": "action"}).status_code == 400
+    assert client.post("/webhook", json={"no": "action", "project": {"id": 1}}).status_code == 400
+    assert client.post("/webhook", json={"no": "action"}).status_code == 401  # no project to vouch for
 
 
 def test_default_webhook_handler_records_in_the_correction_store(
     client: FlaskClient, settings: Settings
 ) -> None:
-    answer = client.post("/webhook", json={"action": "ANNOTATION_DELETED", "annotation": {"id": 3}})
+    answer = client.post(
+        "/webhook", json={"action": "ANNOTATION_DELETED", "annotation": {"id": 3}, "project": {"id": 1}}
+    )
     assert answer.get_json()["status"] == "deleted"
     assert answer.get_json()["action"] == "ANNOTATION_DELETED"
     assert (settings.model_dir / "corrections.sqlite3").is_file()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,14 +19,18 @@ from backend.ls_connection import LabelStudioConnection
 from backend.settings import Settings
 from backend.webhook_auth import (
     WebhookAuthKeeper,
+    WebhookCredentials,
     basic_auth_header,
+    credentials_for,
     ensure_webhook_auth,
     main,
 )
+from backend.webhook_secret import SECRET_HEADER, master_secret, project_secret
 from tests.ml_backend.fake_label_studio import TOKEN, FakeLabelStudio
 
 USER, PASSWORD = "label-studio", "s3cret"
 HEADER = basic_auth_header(USER, PASSWORD)
+BASIC = WebhookCredentials("Authorization", HEADER, USER)
 BACKEND = "http://backend:9090"
 
 
@@ -69,7 +74,7 @@ def test_only_the_webhooks_of_this_backends_connections_get_the_credentials(fake
     connect(fake_ls, 4, hook_id=20)
     ls = LabelStudioConnection(fake_ls.url, TOKEN)
 
-    report = ensure_webhook_auth(ls, 3, USER, PASSWORD)
+    report = ensure_webhook_auth(ls, 3, BASIC)
 
     assert (report.backends, report.updated, report.unchanged) == ([BACKEND], [f"{BACKEND}/webhook"], [])
     assert headers_of(fake_ls) == {
@@ -80,14 +85,14 @@ def test_only_the_webhooks_of_this_backends_connections_get_the_credentials(fake
         21: {},
         22: {},
     }
-    again = ensure_webhook_auth(ls, 3, USER, PASSWORD)  # idempotent: nothing is written twice
+    again = ensure_webhook_auth(ls, 3, BASIC)  # idempotent: nothing is written twice
     assert (again.updated, again.unchanged) == ([], [f"{BACKEND}/webhook"])
     assert patches(fake_ls) == ["PATCH /api/webhooks/10/"]
 
     fake_ls.webhooks[0]["headers"] = {"authorization": "Basic old"}  # stale credentials are replaced
-    assert ensure_webhook_auth(ls, 3, USER, PASSWORD).updated == [f"{BACKEND}/webhook"]
+    assert ensure_webhook_auth(ls, 3, BASIC).updated == [f"{BACKEND}/webhook"]
     assert fake_ls.webhooks[0]["headers"] == {"Authorization": HEADER}
-    assert not ensure_webhook_auth(ls, 5, USER, PASSWORD).found  # a project without our connection
+    assert not ensure_webhook_auth(ls, 5, BASIC).found  # a project without our connection
 
 
 def guarded(settings: Settings, redis_conn: redis.Redis) -> FlaskClient:
@@ -126,17 +131,39 @@ def test_setup_gives_the_webhook_the_credentials_in_the_background(
     assert fake_ls.calls == []  # once per project per process
 
 
-def test_without_basic_auth_setup_touches_no_webhook(client: FlaskClient, fake_ls: FakeLabelStudio) -> None:
+def test_without_basic_auth_setup_gives_every_connections_webhook_the_project_secret(
+    client: FlaskClient, fake_ls: FakeLabelStudio, settings: Settings
+) -> None:
     connect(fake_ls, 3)
     setup = {"project": "3.1", "hostname": fake_ls.url, "access_token": TOKEN}
     assert client.post("/setup", json=setup).status_code == 200
-    assert client.application.extensions["cores"].webhook_auth is None
-    time.sleep(0.2)
+    assert keeper_of(client).wait(3, timeout=20) == "done"
+    secret = project_secret(master_secret(settings), 3)
+    assert {hook["id"]: hook["headers"].get(SECRET_HEADER) for hook in fake_ls.webhooks} == {
+        10: secret,
+        11: secret,
+        12: secret,
+    }
+    assert secret != project_secret(master_secret(settings), 4)  # a project's secret is its own
+
+
+def test_a_learned_label_studio_host_never_gets_the_secret(
+    settings: Settings, redis_conn: redis.Redis, fake_ls: FakeLabelStudio
+) -> None:
+    """Without LABEL_STUDIO_URL the host comes from an unauthenticated /setup: nothing is pushed to it."""
+    learned = settings.with_changes(label_studio_url=None, label_studio_api_key=None)
+    client = create_app(learned, connection=redis_conn).test_client()
+    connect(fake_ls, 3)
+    setup = {"project": "3.1", "hostname": fake_ls.url, "access_token": TOKEN}
+    assert client.post("/setup", json=setup).status_code == 200
+    time.sleep(1.0)
+    assert keeper_of(client).status(3) == "new"
     assert fake_ls.calls == []
+    assert all(SECRET_HEADER not in hook["headers"] for hook in fake_ls.webhooks)
 
 
 def test_a_failed_ensure_is_logged_with_the_fix(caplog: pytest.LogCaptureFixture) -> None:
-    keeper = WebhookAuthKeeper(USER, PASSWORD, delays=(0.0,), cooldown_s=60.0)
+    keeper = WebhookAuthKeeper(lambda project: BASIC, delays=(0.0,), cooldown_s=60.0)
     ls = LabelStudioConnection("http://127.0.0.1:1", TOKEN)  # nothing listens
     with caplog.at_level(logging.ERROR, logger="backend.webhook_auth"):
         assert keeper.schedule(7, ls)
@@ -166,14 +193,22 @@ def test_webhook_401_is_a_warning(
 
 
 def test_webhooks_ensure_command(
-    fake_ls: FakeLabelStudio, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    fake_ls: FakeLabelStudio,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     connect(fake_ls, 3)
     for name in list(os.environ):
-        if name.startswith(("BASIC_AUTH_", "LABEL_STUDIO_", "REDIS_URL")):
+        if name.startswith(("BASIC_AUTH_", "LABEL_STUDIO_", "REDIS_URL", "WEBHOOK_SECRET")):
             monkeypatch.delenv(name)
-    assert main(["ensure", "--project", "3"]) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    assert main(["ensure", "--project", "3"]) == 1  # the secret goes only to a named Label Studio
+    assert "LABEL_STUDIO_URL is not set" in capsys.readouterr().err
+    assert main(["secret", "--project", "3"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith(f"{SECRET_HEADER}: ")
+    assert printed.split(": ", 1)[1] == credentials_for(Settings(model_dir=tmp_path), 3).value
 
     monkeypatch.setenv("BASIC_AUTH_USER", USER)
     monkeypatch.setenv("BASIC_AUTH_PASS", PASSWORD)

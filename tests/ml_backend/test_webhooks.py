@@ -28,6 +28,7 @@ from backend.corrections import CorrectionStore
 from backend.embedded import REPO_ROOT
 from backend.settings import Settings
 from backend.train_requests import ACTIVE_KEY, TRAIN_JOB
+from tests.ml_backend.signing import signed_client
 from tests.test_corrections import WEBHOOKS, assert_sqlite_intact, kill_9_after_acks, load, project
 
 
@@ -99,7 +100,7 @@ def test_concurrent_replays_through_the_app_store_one_record_per_revision(
     barrier = threading.Barrier(8)
 
     def send(seed: int) -> None:
-        client = app.test_client()
+        client = signed_client(app)
         order = payloads * 3
         random.Random(seed).shuffle(order)
         barrier.wait()
@@ -159,8 +160,8 @@ def test_other_malformed_bodies_are_400(client: FlaskClient) -> None:
     assert client.post("/webhook", data="{not json", content_type="application/json").status_code == 400
     assert post(client, {"action": "ANNOTATION_DELETED", "project": project()})[0] == 400
     code, answer = post(client, {"action": "START_TRAINING", "project": {"title": "no id"}})
-    assert code == 400
-    assert "project.id" in answer["error"]["message"]
+    assert code == 401  # no project: no secret can vouch for it
+    assert answer["error"]["code"] == "unauthorized"
 
 
 def test_unusable_configs_skipped_tasks_and_unknown_actions_are_ignored(
@@ -214,7 +215,8 @@ import json, sys
 from pathlib import Path
 from backend.app import create_app
 from backend.settings import Settings
-client = create_app(Settings(redis_url=sys.argv[3], model_dir=Path(sys.argv[1]))).test_client()
+from tests.ml_backend.signing import signed_client
+client = signed_client(create_app(Settings(redis_url=sys.argv[3], model_dir=Path(sys.argv[1]))))
 payload = json.loads(Path(sys.argv[2]).read_text())
 for i in range(100000):
     payload["annotation"]["updated_at"] = f"2025-04-01T00:00:00.{i:06d}Z"
@@ -282,7 +284,7 @@ def test_concurrent_start_training_clicks_enqueue_one_job(app: Flask, redis_conn
     barrier = threading.Barrier(8)
 
     def click() -> None:
-        client = app.test_client()
+        client = signed_client(app)
         barrier.wait()
         answers.append(post(client, _training(5))[1])
 
@@ -356,7 +358,8 @@ import json, sys
 from pathlib import Path
 from backend.app import create_app
 from backend.settings import Settings
-client = create_app(Settings(redis_url={redis_url!r}, model_dir=Path({str(tmp_path)!r}))).test_client()
+from tests.ml_backend.signing import signed_client
+client = signed_client(create_app(Settings(redis_url={redis_url!r}, model_dir=Path({str(tmp_path)!r}))))
 body = json.loads(Path({str(WEBHOOKS / "annotation_created_with_prediction.json")!r}).read_text())
 assert client.post("/webhook", json=body).get_json()["status"] == "created"
 train = client.post("/webhook", json={{"action": "START_TRAINING", "project": {{"id": 77}}}}).get_json()
