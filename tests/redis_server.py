@@ -59,11 +59,14 @@ class RedisServer:
     Use as a context manager; ``url`` is ``redis://127.0.0.1:<port>`` (no database index).
     """
 
-    def __init__(self, workdir: Path, executable: str = "redis-server", start_timeout_s: float = 10.0):
+    def __init__(
+        self, workdir: Path, executable: str = "redis-server", start_timeout_s: float = 10.0, port: int = 0
+    ):
+        """``port`` 0: a free one, chosen at ``start``; a server restarted after ``stop`` keeps its port."""
         self.workdir = workdir
         self.executable = executable
         self.start_timeout_s = start_timeout_s
-        self.port = 0
+        self.port = port
         self.log_path = workdir / "redis-server.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -84,7 +87,7 @@ class RedisServer:
                 "(Debian: apt-get install redis-server) or set REDIS_URL"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_tcp_port()
+        self.port = self.port or free_tcp_port()
         cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         cmd += ["--dir", str(self.workdir)]
         logger.info("starting %s", " ".join(cmd))
@@ -107,10 +110,15 @@ class RedisServer:
             f"redis-server did not answer within {self.start_timeout_s} s: {self._log_tail()}"
         )
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 5 s). Safe to call twice."""
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 5 s; ``kill``: SIGKILL at once, like a crash). Safe
+        to call twice."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
+            return
+        if kill:
+            process.kill()
+            process.wait(timeout=5)
             return
         process.terminate()
         try:

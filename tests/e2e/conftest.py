@@ -123,9 +123,11 @@ def e2e_backend(
     """The real backend (``python -m backend serve`` + one ``python -m backend worker``) for one module.
 
     Tiny CoReS checkpoint, the tests' Redis database (flushed before and after: the worker must not
-    outlive the module, because other tests flush and reuse that database), ``LABEL_STUDIO_URL`` and
-    ``LABEL_STUDIO_API_KEY`` pointing at the session's Label Studio, and ``ALLOW_PRIVATE_NETWORKS=true``
-    (set by ``BackendServer``) so that images on other loopback hosts can be fetched.
+    outlive the module, because other tests flush and reuse that database), ``LABEL_STUDIO_URL`` naming the
+    session's Label Studio (the secure defaults: no basic auth, so the backend puts the project's webhook
+    secret on Label Studio's webhook itself; the token comes from Label Studio's ``/setup``), and
+    ``ALLOW_PRIVATE_NETWORKS=true`` (set by ``BackendServer``) so that images on other loopback hosts can
+    be fetched.
     """
     conn = redis.Redis.from_url(redis_url)
     conn.flushdb()
@@ -134,7 +136,7 @@ def e2e_backend(
             tmp_path_factory.mktemp("e2e-backend"),
             checkpoint=tiny_checkpoint,
             redis_url=redis_url,
-            env={"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token},
+            env={"LABEL_STUDIO_URL": label_studio.url},  # the token comes from Label Studio's /setup
         ) as server:
             yield server
     finally:

@@ -45,6 +45,7 @@ from PIL import Image
 from backend.label_config import parse_label_config, shipped_label_config
 from backend.ls_connection import PROJECT_KEY
 from backend.rle import decode_mask, encode_mask
+from backend.webhook_secret import SECRET_HEADER
 from tests.backend_server import REPO_ROOT, BackendServer, correction_records
 from tests.e2e.label_studio import LabelStudioServer, free_tcp_port, log_tail
 
@@ -374,6 +375,16 @@ def test_label_studio_connects_the_backend(
     assert ours[0]["is_active"] is True
     assert ours[0]["send_payload"] is True
     assert ours[0]["send_for_all_actions"] is True
+    # ... and the backend put the project's webhook secret on it (no basic auth: the secure default)
+    wait_for(
+        lambda: (
+            SECRET_HEADER
+            in (label_studio.api("GET", f"/api/webhooks/{ours[0]['id']}/").json()["headers"] or {})
+        ),
+        30.0,
+        "the backend to give its webhook the project's secret",
+        details=lambda: diagnostics(label_studio, e2e_backend),
+    )
 
 
 # --- interactive pre-annotation --------------------------------------------------------------------------
@@ -926,7 +937,7 @@ def test_preannotate_writes_one_prediction_per_task_and_resumes(
                 QUERY,
                 "--no-progress",
             ],
-            env=e2e_backend.environment(),
+            env={**e2e_backend.environment(), "LABEL_STUDIO_API_KEY": label_studio.token},
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
