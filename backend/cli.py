@@ -8,10 +8,12 @@
   (``backend.preannotate``); without ``REDIS_URL`` it runs its own embedded Redis and worker.
 - ``doctor [--load]``: check the deployment, one OK/WARN/SKIP/FAIL line per check (``backend.doctor``).
 - ``corrections list|stats|export|enrich ...``: the correction log tools (``backend.corrections_cli``).
-- ``webhooks ensure --project ID``: give Label Studio's webhooks to this backend its basic-auth credentials
-  (``backend.webhook_auth``; the web also does it after ``/setup``).
+- ``webhooks ensure|secret --project ID``: put this backend's credentials (basic auth, else the project's
+  webhook secret) on Label Studio's webhooks to it, or print them (``backend.webhook_auth``; the web also
+  does it after ``/setup``).
 - ``train [--project ID] [--steps N] ...``: enqueue one fine-tune on the corrections (``backend.model_cli``).
-- ``versions list|current|pin NAME|unpin|rollback``: the model versions under ``MODEL_DIR/versions``.
+- ``versions list|current|promote NAME|pin NAME|unpin|rollback|reset [--project N]``: the model versions
+  under ``MODEL_DIR/versions`` and which one each project is served.
 
 Configuration comes from the environment (``backend.settings``); an invalid value exits with code 2 and
 a message naming the variable.
@@ -110,13 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser(
         "webhooks",
-        help="give the project's Label Studio webhooks this backend's basic-auth credentials "
-        "(`python -m backend webhooks ensure --project ID`)",
+        help="put this backend's credentials on the project's Label Studio webhooks, or print them "
+        "(`python -m backend webhooks ensure|secret --project ID`)",
         add_help=False,
     )
     commands.add_parser(
         "versions",
-        help="list, pin and roll back model versions (see `python -m backend versions --help`)",
+        help="list, promote, pin and roll back model versions (see `python -m backend versions --help`)",
         add_help=False,
     )
     return parser
