@@ -114,7 +114,7 @@ def preannotate(
             raise PreannotateError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to pre-annotate a project")
         client = LabelStudioConnection(settings.label_studio_url, settings.label_studio_api_key).client()
     try:
-        version = served_version(settings).name
+        version = served_version(settings, project=project).name
     except VersionError as exc:
         raise PreannotateError(str(exc)) from exc
     details = client.projects.get(id=project)

@@ -103,6 +103,8 @@ class Settings:
             [LABEL_CONFIG_CACHE_BYTES], default 8 MiB.
         max_task_log_lines: per /predict call, tasks whose errors are logged one line each; the rest are
             summed up in one line [MAX_TASK_LOG_LINES], default 20.
+        max_connections: open connections per web process [MAX_CONNECTIONS], default 1000.
+        max_header_bytes: largest request line plus headers the web reads [MAX_HEADER_BYTES], default 64 KiB.
     """
 
     checkpoint: str | None = None
@@ -145,6 +147,8 @@ class Settings:
     max_mask_pixels: int = 25_000_000
     label_config_cache_bytes: int = 8 * 1024 * 1024
     max_task_log_lines: int = 20
+    max_connections: int = 1000
+    max_header_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "CORES_MODE", self.mode, f"one of {', '.join(MODES)}")
@@ -173,6 +177,8 @@ class Settings:
             ("MAX_MASK_PIXELS", self.max_mask_pixels),
             ("LABEL_CONFIG_CACHE_BYTES", self.label_config_cache_bytes),
             ("MAX_TASK_LOG_LINES", self.max_task_log_lines),
+            ("MAX_CONNECTIONS", self.max_connections),
+            ("MAX_HEADER_BYTES", self.max_header_bytes),
         ):
             _check(value >= 1, name, value, "an integer >= 1")
         _check(
@@ -300,6 +306,8 @@ class Settings:
             "max_mask_pixels": integer("MAX_MASK_PIXELS", 25_000_000),
             "label_config_cache_bytes": integer("LABEL_CONFIG_CACHE_BYTES", 8 * 1024 * 1024),
             "max_task_log_lines": integer("MAX_TASK_LOG_LINES", 20),
+            "max_connections": integer("MAX_CONNECTIONS", 1000),
+            "max_header_bytes": integer("MAX_HEADER_BYTES", 64 * 1024),
         }
         return cls(**values)
 
@@ -341,6 +349,8 @@ class Settings:
             "MAX_MASK_PIXELS": str(self.max_mask_pixels),
             "LABEL_CONFIG_CACHE_BYTES": str(self.label_config_cache_bytes),
             "MAX_TASK_LOG_LINES": str(self.max_task_log_lines),
+            "MAX_CONNECTIONS": str(self.max_connections),
+            "MAX_HEADER_BYTES": str(self.max_header_bytes),
         }
         optional = {
             "CORES_CHECKPOINT": self.checkpoint,

@@ -4,7 +4,7 @@ gunicorn's gthread worker reads requests inside its thread pool, so ten clients 
 hold ten threads and ``/health`` waits behind them. waitress reads requests in its event loop and hands a
 thread only a whole request (headers and body, bounded), so slow clients cost a socket each, never a
 thread: ``/health`` answers while they dribble. Bounds: ``THREADS`` request threads, ``MAX_CONNECTIONS``
-open connections, headers (request line included) up to ``MAX_HEADER_BYTES``, bodies over twice
+open connections, headers (request line included) up to ``MAX_HEADER_BYTES`` (431 beyond), bodies over twice
 ``MAX_REQUEST_BYTES`` refused by waitress before they are read (the app answers 413 JSON above
 ``MAX_REQUEST_BYTES`` itself), idle connections closed after ``CHANNEL_TIMEOUT_S``.
 
@@ -30,10 +30,6 @@ from backend.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
-MAX_CONNECTIONS = 1000
-"""Open connections per web process (waitress ``connection_limit``)."""
-MAX_HEADER_BYTES = 64 * 1024
-"""Largest request line plus headers (waitress answers 431 beyond)."""
 CHANNEL_TIMEOUT_S = 120
 """Seconds an idle connection is kept."""
 
@@ -69,9 +65,9 @@ def run_web(settings: Settings) -> int:
         app,
         sockets=[sock],
         threads=settings.threads,
-        connection_limit=MAX_CONNECTIONS,
+        connection_limit=settings.max_connections,
         channel_timeout=CHANNEL_TIMEOUT_S,
-        max_request_header_size=MAX_HEADER_BYTES,
+        max_request_header_size=settings.max_header_bytes,
         max_request_body_size=2 * settings.max_request_bytes,
         clear_untrusted_proxy_headers=True,
         ident="cores",

@@ -294,7 +294,8 @@ def test_the_schema_cache_is_bounded_by_config_bytes() -> None:
     assert len(cache) == 3  # the newest three fit, the older ones were evicted
     huge = config(99, 20_000)
     assert cache.get(huge).brush_from_name == "tag99"  # parsed, but bigger than the bound: not kept
-    assert len(cache) == 3 and cache.size_bytes <= 10_000
+    assert len(cache) == 3
+    assert cache.size_bytes <= 10_000
 
 
 def test_a_config_with_a_lone_surrogate_is_a_config_error() -> None:

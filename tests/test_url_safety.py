@@ -57,7 +57,8 @@ def test_a_backslash_authority_reaches_no_host_and_leaks_no_token(tmp_path, two_
         error = refused(fetcher_for(tmp_path, label_studio, allow_private_networks=allow_private), url)
         assert error.reason == "bad_url", error
         assert "backslash" in error.detail
-    assert other.seen == [] and label_studio.seen == []
+    assert other.seen == []
+    assert label_studio.seen == []
 
 
 @pytest.mark.parametrize(
@@ -71,12 +72,15 @@ def test_userinfo_is_refused(tmp_path, two_hosts, authority):
     error = refused(fetcher_for(tmp_path, label_studio, allow_private_networks=True), url)
     assert error.reason == "bad_url"
     assert "credentials" in error.detail
-    assert other.seen == [] and label_studio.seen == []
+    assert other.seen == []
+    assert label_studio.seen == []
 
 
 def test_a_redirect_off_label_studio_carries_no_token(tmp_path, two_hosts):
     label_studio, other = two_hosts
-    fetcher_for(tmp_path, label_studio, allow_private_networks=True).fetch(f"{label_studio.url}/redirect/other")
+    fetcher_for(tmp_path, label_studio, allow_private_networks=True).fetch(
+        f"{label_studio.url}/redirect/other"
+    )
     assert label_studio.seen[0].headers["authorization"] == f"Token {LEGACY_TOKEN}"
     assert len(other.seen) == 1
     assert "authorization" not in other.seen[0].headers
