@@ -919,10 +919,13 @@ def test_preannotate_writes_one_prediction_per_task_and_resumes(
     label_studio: LabelStudioServer, e2e_backend: BackendServer, http_image_url: str, model_version: str
 ) -> None:
     """``python -m backend preannotate`` lists the project's tasks, lets the worker predict them, writes
-    the predictions through Label Studio's API, and on a second run skips every task (resumable)."""
+    the predictions through Label Studio's API, and on a second run skips every task (resumable). The
+    workers write with the token Label Studio's /setup gave for the project (they have no
+    LABEL_STUDIO_API_KEY), so the backend is connected to it first; the command itself uses the key."""
     client = label_studio.sdk()
     project = create_project(client, "cores e2e preannotate", SHIPPED_CONFIG)
     tasks = import_json_tasks(client, project, [{"image": http_image_url} for _ in range(3)])
+    connect_backend(client, project, e2e_backend, "CoReS (preannotate)")
 
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
