@@ -19,12 +19,13 @@ import torch
 from huggingface_hub import snapshot_download
 from safetensors import safe_open
 from torch import nn
-from transformers import CLIPImageProcessor, PreTrainedTokenizerBase
+from transformers import CLIPImageProcessor
 
 from cores.build import build_model, reset_non_persistent_buffers
 from cores.checkpoint_layout import looks_like_hub_id, weight_files
 from cores.config import CORES_CHAIN, LISA_CHAIN, CoresConfig
 from cores.errors import CheckpointError
+from cores.llama_tokenizer import SlowLlamaTokenizer
 from cores.model import CoresModel
 from cores.sam import FLOAT32_SUFFIXES, geometry_from_shapes
 from cores.tokenizer import detect_chain, load_tokenizer, token_id
@@ -131,7 +132,7 @@ class LoadedCheckpoint:
     """What :func:`load_checkpoint` returns: the model, its tokenizer, processor, config and folder."""
 
     model: CoresModel
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: SlowLlamaTokenizer
     image_processor: CLIPImageProcessor
     config: CoresConfig
     path: Path

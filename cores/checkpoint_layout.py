@@ -13,8 +13,8 @@ from cores.errors import CheckpointError
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_SINGLES = ("model.safetensors", "pytorch_model.bin")
-#: Either file makes a tokenizer (SentencePiece ``tokenizer.model`` as released, or a ``tokenizer.json``).
-TOKENIZER_MODELS = ("tokenizer.model", "tokenizer.json")
+#: The tokenizer model file: the SentencePiece model of the slow LLaMA tokenizer LISA/CoReS were trained with.
+TOKENIZER_MODELS = ("tokenizer.model",)
 
 
 def looks_like_hub_id(name: str) -> bool:
