@@ -35,7 +35,7 @@ from cores.checkpoint import LoadedCheckpoint
 from cores.config import CORES_7B, CORES_CHAIN
 from cores.devices import resolve_device, resolve_dtype
 from cores.pipeline import CoresPipeline
-from cores.sam import FLOAT32_SUFFIXES, SAM_GEOMETRIES, prepare_sam_input, reset_sam_buffers, sam_batch
+from cores.sam import SAM_GEOMETRIES, prepare_sam_input, reset_sam_buffers, sam_batch
 from cores.sam_attention import use_sdpa
 from cores.tiny import make_tiny_checkpoint
 from cores.tokenizer import load_tokenizer, token_id
@@ -74,9 +74,6 @@ def random_checkpoint(size: str, device: torch.device, dtype: torch.dtype, workd
             )
     finally:
         torch.set_default_dtype(previous)
-    for name, buffer in model.sam.named_buffers():
-        if name.endswith(FLOAT32_SUFFIXES):
-            buffer.data = buffer.data.float()
     reset_sam_buffers(model.sam, device)
     model.eval().requires_grad_(False)
     return LoadedCheckpoint(

@@ -27,7 +27,7 @@ from cores.config import CORES_CHAIN, LISA_CHAIN, CoresConfig
 from cores.errors import CheckpointError
 from cores.llama_tokenizer import SlowLlamaTokenizer
 from cores.model import CoresModel
-from cores.sam import FLOAT32_SUFFIXES, geometry_from_shapes
+from cores.sam import geometry_from_shapes
 from cores.tokenizer import detect_chain, load_tokenizer, token_id
 from cores.vision import load_vision_tower, resolve_vision_tower
 
@@ -165,8 +165,7 @@ def _component_state_dicts(
         if tuple(tensor.shape) != expected[target]:
             mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {expected[target]}")
             continue
-        keep_fp32 = target.endswith(FLOAT32_SUFFIXES) or not tensor.is_floating_point()
-        converted = tensor.to(device=device, dtype=None if keep_fp32 else dtype)
+        converted = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
         component, _, rest = target.partition(".")
         states[component][rest] = converted
     loaded = {f"{c}.{k}" for c, sd in states.items() for k in sd}
