@@ -31,6 +31,7 @@ from cores.checkpoint import (
     to_checkpoint_key,
     weight_files,
 )
+from cores.checkpoint_layout import resolve_vision_tower
 from cores.config import CORES_CHAIN, IM_END_TOKEN, IM_START_TOKEN, LISA_CHAIN, CoresConfig
 from cores.errors import CheckpointError
 from cores.llama_tokenizer import SlowLlamaTokenizer
@@ -38,7 +39,6 @@ from cores.model import build_seg_head
 from cores.refiner import TokenRefiner
 from cores.sam import geometry_from_shapes
 from cores.tokenizer_files import read_tokenizer_files
-from cores.vision import resolve_vision_tower
 
 logger = logging.getLogger(__name__)
 

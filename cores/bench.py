@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
 from cores.build import build_model
 from cores.checkpoint import LoadedCheckpoint
@@ -77,7 +77,11 @@ def random_checkpoint(size: str, device: torch.device, dtype: torch.dtype, workd
     reset_sam_buffers(model.sam, device)
     model.eval().requires_grad_(False)
     return LoadedCheckpoint(
-        model=model, tokenizer=tokenizer, image_processor=CLIPImageProcessor(), config=config, path=tiny_dir
+        model=model,
+        tokenizer=tokenizer,
+        image_processor=CLIPImageProcessorPil(),
+        config=config,
+        path=tiny_dir,
     )
 
 
