@@ -1,15 +1,19 @@
 # Two commands matter: `make setup` (virtualenvs, Chromium) and `make test` (lint, types, all tests).
 VENV ?= .venv
 
-.PHONY: setup setup-venv setup-label-studio setup-browser test lint format serve demo
+.PHONY: setup setup-venv setup-label-studio setup-reference setup-browser test lint format serve demo
 
-setup: setup-venv setup-label-studio setup-browser
+setup: setup-venv setup-label-studio setup-reference setup-browser
 
 setup-venv:
 	bash scripts/setup_venv.sh
 
 setup-label-studio:
 	bash scripts/setup_label_studio.sh
+
+# The trained stack (transformers 4.31 and LISA's other pins) for the fidelity tests (.venv-ref).
+setup-reference:
+	bash scripts/setup_reference.sh
 
 # Debian's chromium for the browser test (apt-get, needs root; skipped when /usr/bin/chromium exists).
 setup-browser:

@@ -1,7 +1,7 @@
 """What a CoReS checkpoint folder must hold, checked from its files alone (no torch, no ``huggingface_hub``).
 
 A checkpoint is a folder with ``config.json``, weights (a ``*.index.json`` and every shard it names, or one
-``model.safetensors`` / ``pytorch_model.bin``), a tokenizer (``tokenizer.model`` or ``tokenizer.json``) and a
+``model.safetensors`` / ``pytorch_model.bin``), a tokenizer (``tokenizer.model``) and a
 CLIP vision tower named by ``mm_vision_tower`` (a folder beside the checkpoint, a folder, or a hub id). A hub
 id (``org/name``) is found in the Hugging Face cache the way ``huggingface_hub`` finds it, so the doctor can
 check a deployment where only the web's packages are installed. The layout rules are

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from cores.build import build_model
 from cores.checkpoint import (
@@ -31,12 +31,14 @@ from cores.checkpoint import (
     to_checkpoint_key,
     weight_files,
 )
+from cores.checkpoint_layout import resolve_vision_tower
 from cores.config import CORES_CHAIN, IM_END_TOKEN, IM_START_TOKEN, LISA_CHAIN, CoresConfig
 from cores.errors import CheckpointError
+from cores.llama_tokenizer import SlowLlamaTokenizer
 from cores.model import build_seg_head
 from cores.refiner import TokenRefiner
 from cores.sam import geometry_from_shapes
-from cores.vision import resolve_vision_tower
+from cores.tokenizer_files import read_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ def _grow_rows(tensor: torch.Tensor, rows: int, key: str) -> torch.Tensor:
 
 def _write_tokenizer(llava_dir: Path, out_dir: Path, wanted: list[str]) -> tuple[int, dict[str, int]]:
     """Copy the LLaVA tokenizer files, adding the missing tokens; returns (vocab size, added ids)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(llava_dir), legacy=True)
+    tokenizer = SlowLlamaTokenizer(read_tokenizer_files(llava_dir))
     vocab = tokenizer.get_vocab()
     for name in TOKENIZER_FILES:
         if (llava_dir / name).exists():

@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
 from cores.build import build_model
 from cores.checkpoint import LoadedCheckpoint
 from cores.config import CORES_7B, CORES_CHAIN
 from cores.devices import resolve_device, resolve_dtype
 from cores.pipeline import CoresPipeline
-from cores.sam import FLOAT32_SUFFIXES, SAM_GEOMETRIES, prepare_sam_input, reset_sam_buffers, sam_batch
+from cores.sam import SAM_GEOMETRIES, prepare_sam_input, reset_sam_buffers, sam_batch
 from cores.sam_attention import use_sdpa
 from cores.tiny import make_tiny_checkpoint
 from cores.tokenizer import load_tokenizer, token_id
@@ -74,13 +74,14 @@ def random_checkpoint(size: str, device: torch.device, dtype: torch.dtype, workd
             )
     finally:
         torch.set_default_dtype(previous)
-    for name, buffer in model.sam.named_buffers():
-        if name.endswith(FLOAT32_SUFFIXES):
-            buffer.data = buffer.data.float()
     reset_sam_buffers(model.sam, device)
     model.eval().requires_grad_(False)
     return LoadedCheckpoint(
-        model=model, tokenizer=tokenizer, image_processor=CLIPImageProcessor(), config=config, path=tiny_dir
+        model=model,
+        tokenizer=tokenizer,
+        image_processor=CLIPImageProcessorPil(),
+        config=config,
+        path=tiny_dir,
     )
 
 

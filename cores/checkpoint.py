@@ -11,24 +11,39 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from huggingface_hub import snapshot_download
-from safetensors import safe_open
 from torch import nn
-from transformers import CLIPImageProcessor, PreTrainedTokenizerBase
+from transformers import CLIPImageProcessorPil
 
 from cores.build import build_model, reset_non_persistent_buffers
-from cores.checkpoint_layout import looks_like_hub_id, weight_files
+from cores.checkpoint_layout import looks_like_hub_id, resolve_vision_tower, weight_files
 from cores.config import CORES_CHAIN, LISA_CHAIN, CoresConfig
 from cores.errors import CheckpointError
+from cores.llama_tokenizer import SlowLlamaTokenizer
 from cores.model import CoresModel
-from cores.sam import FLOAT32_SUFFIXES, geometry_from_shapes
+from cores.sam import geometry_from_shapes
 from cores.tokenizer import detect_chain, load_tokenizer, token_id
-from cores.vision import load_vision_tower, resolve_vision_tower
+from cores.vision import load_vision_tower
+from cores.weights import iter_tensors, read_shapes
+
+__all__ = [
+    "KEY_TABLE",
+    "LoadedCheckpoint",
+    "assign_weights",
+    "iter_tensors",
+    "load_checkpoint",
+    "read_shapes",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "to_checkpoint_key",
+    "to_model_key",
+    "weight_files",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -96,43 +111,13 @@ def resolve_checkpoint(name: str | Path) -> Path:
         ) from exc
 
 
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (key, tensor) lazily: safetensors one tensor at a time, .bin shards memory-mapped."""
-    for file in files:
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    yield key, handle.get_tensor(key)
-        else:
-            try:
-                state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-            except Exception as exc:
-                raise CheckpointError(f"cannot read weights {file}: {exc}") from exc
-            yield from state.items()
-            del state
-
-
-def read_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of every tensor, without reading the data."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for file in files:
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118
-                    shapes[key] = tuple(handle.get_slice(key).get_shape())
-        else:
-            for key, tensor in iter_tensors([file]):
-                shapes[key] = tuple(tensor.shape)
-    return shapes
-
-
 @dataclass
 class LoadedCheckpoint:
     """What :func:`load_checkpoint` returns: the model, its tokenizer, processor, config and folder."""
 
     model: CoresModel
-    tokenizer: PreTrainedTokenizerBase
-    image_processor: CLIPImageProcessor
+    tokenizer: SlowLlamaTokenizer
+    image_processor: CLIPImageProcessorPil
     config: CoresConfig
     path: Path
 
@@ -164,8 +149,7 @@ def _component_state_dicts(
         if tuple(tensor.shape) != expected[target]:
             mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {expected[target]}")
             continue
-        keep_fp32 = target.endswith(FLOAT32_SUFFIXES) or not tensor.is_floating_point()
-        converted = tensor.to(device=device, dtype=None if keep_fp32 else dtype)
+        converted = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
         component, _, rest = target.partition(".")
         states[component][rest] = converted
     loaded = {f"{c}.{k}" for c, sd in states.items() for k in sd}
@@ -242,9 +226,11 @@ def load_checkpoint(
         dtype,
         device,
     )
-    tower, processor = load_vision_tower(
-        resolve_vision_tower(vision_tower or config.vision_tower, path), dtype=dtype, device=device
-    )
+    if vision_tower is not None:
+        tower_name = resolve_vision_tower(vision_tower, None, fallback=False)
+    else:
+        tower_name = resolve_vision_tower(config.vision_tower, path)
+    tower, processor = load_vision_tower(tower_name, dtype=dtype, device=device)
     chain_ids = tuple(token_id(tokenizer, t) for t in chain)
     with torch.device("meta"):
         model = build_model(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -23,23 +22,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cores.checkpoint import LoadedCheckpoint, load_checkpoint
 from cores.devices import resolve_device, resolve_dtype
 from cores.errors import ChainError, ImageError, QueryError
+from cores.images import load_image
 from cores.model import AllowedTokensFn, PrefixCache
-from cores.prompts import build_prompt, chain_answer, looks_like_sentence, style_for_chain
+from cores.prompts import chain_answer, style_for_chain
+from cores.queries import MAX_QUERY_CHARS
 from cores.result import ChainResult, LevelResult, split_levels
 from cores.sam import SamInput, prepare_sam_input, sam_batch, upscale_logits
 from cores.sam_attention import use_sdpa
-from cores.tokenizer import IMAGE_TOKEN_ID, tokenize_prompt
+from cores.tokenizer import IMAGE_TOKEN_ID, decode_chain_text, prompt_token_ids
 from cores.vision import clip_pixels
 
 logger = logging.getLogger(__name__)
 
 MODES = ("answer", "generate")
-MAX_QUERY_CHARS = 2000
+__all__ = ["MAX_QUERY_CHARS", "MODES", "CoresPipeline", "ImageState", "image_key", "load_image"]
 
 
 @dataclass
@@ -55,21 +55,6 @@ class ImageState:
     def nbytes(self) -> int:
         tensors = (self.sam_embedding, self.clip_tokens)
         return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB, EXIF orientation applied.
-
-    Raises:
-        ImageError: missing or undecodable file.
-    """
-    try:
-        with Image.open(path) as img:
-            return np.array(ImageOps.exif_transpose(img).convert("RGB"))
-    except FileNotFoundError as exc:
-        raise ImageError(f"image {path} does not exist") from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageError(f"cannot decode image {path}: {exc}") from exc
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -189,23 +174,16 @@ class CoresPipeline:
     def prompt_ids(self, query: str, *, is_sentence: bool | None, with_answer: bool) -> torch.Tensor:
         """Token ids of the full prompt for ``query`` (one image slot).
 
+        The query is only stripped (see :func:`cores.queries.check_query`); the ids are those transformers
+        4.31's slow LLaMA tokenizer gives (see :mod:`cores.llama_tokenizer`).
+
         Raises:
-            QueryError: empty query, or a prompt that does not fit the language model's context.
+            QueryError: an empty or invisible query, one holding a special token or a lone surrogate, or a
+                prompt that does not fit the language model's context.
         """
-        text = " ".join(str(query).split())
-        if not text:
-            raise QueryError("the query is empty; type what to segment")
-        if len(text) > MAX_QUERY_CHARS:
-            raise QueryError(f"the query has {len(text)} characters; at most {MAX_QUERY_CHARS} are accepted")
-        sentence = looks_like_sentence(text) if is_sentence is None else is_sentence
-        prompt = build_prompt(
-            text,
-            is_sentence=sentence,
-            style=self.style,
-            answer=self.answer if with_answer else None,
-            eos=self.tokenizer.eos_token,
+        ids = prompt_token_ids(
+            self.tokenizer, query, self.chain_tokens, is_sentence=is_sentence, with_answer=with_answer
         )
-        ids = tokenize_prompt(self.tokenizer, prompt)
         limit = self.model.llm.config.max_position_embeddings
         image_tokens = self.model.image_token_count
         total = len(ids) - 1 + image_tokens + (0 if with_answer else self.max_new_tokens)
@@ -248,10 +226,12 @@ class CoresPipeline:
         full_ids = self.prompt_ids(query, is_sentence=is_sentence, with_answer=False)
         prefix, suffixes = self._split_prefix([full_ids])
         embeds, _ = self.model.embed_sequence(suffixes[0], state.clip_tokens)
+        eos_id = self.tokenizer.eos_token_id
+        assert eos_id is not None, "load_tokenizer refuses tokenizers without EOS"
         gen = self.model.generate_chain(
             embeds,
             max_new_tokens=self.max_new_tokens,
-            eos_token_id=int(self.tokenizer.eos_token_id),
+            eos_token_id=eos_id,
             allowed_tokens=allowed_tokens,
             prefix=prefix,
         )
@@ -337,9 +317,10 @@ class CoresPipeline:
         return results
 
     def _decode_text(self, ids: list[int]) -> str:
-        text = str(self.tokenizer.decode(ids, skip_special_tokens=False))
-        text = text.replace(str(self.tokenizer.eos_token), "")
-        return re.sub(r"\s+([.,;:!?])", r"\1", " ".join(text.split()))
+        try:
+            return decode_chain_text(self.tokenizer, ids)
+        except ValueError as exc:
+            raise ChainError(f"the model generated a token the tokenizer cannot decode: {exc}") from exc
 
     @staticmethod
     def _timings(start: float, encoded: float, llm_done: float, hit: bool | int) -> dict[str, float]:

@@ -76,13 +76,16 @@ LISA_STYLE = PromptStyle(system=LLAVA_SYSTEM, example=None)
 
 
 def chain_answer(chain_tokens: tuple[str, ...]) -> str:
-    """The fixed (teacher-forced) answer that places every chain token, in order.
+    """The fixed (teacher-forced) answer that places every chain token, in order: each family's own evaluation
+    answer.
 
-    CoReS: ``"It usually appears on [SEG_SEMA]. It is [SEG]."``; LISA: ``"It is [SEG]."``. Longer chains
-    repeat the "usually appears on" clause for every level but the last.
+    CoReS: ``"It usually appears on [SEG_SEMA]. It is [SEG]."``; LISA (one level): ``"[SEG]."`` (its
+    ``ValDataset``). Longer chains repeat the "usually appears on" clause for every level but the last.
     """
     if not chain_tokens:
         raise ValueError("a chain needs at least one token")
+    if len(chain_tokens) == 1:
+        return f"{chain_tokens[0]}."
     clauses = [f"It usually appears on {token}." for token in chain_tokens[:-1]]
     clauses.append(f"It is {chain_tokens[-1]}.")
     return " ".join(clauses)
@@ -91,6 +94,18 @@ def chain_answer(chain_tokens: tuple[str, ...]) -> str:
 def style_for_chain(chain_tokens: tuple[str, ...]) -> PromptStyle:
     """CoReS wording for chains of two or more levels, LISA wording for one level."""
     return LISA_STYLE if len(chain_tokens) == 1 else CORES_STYLE
+
+
+def chain_prompt(
+    query: str, chain_tokens: tuple[str, ...], *, is_sentence: bool, with_answer: bool, eos: str = "</s>"
+) -> str:
+    """The conversation a checkpoint of this chain is prompted with: its family's wording
+    (:func:`style_for_chain`) and, with ``with_answer``, its teacher-forced evaluation answer
+    (:func:`chain_answer`) closed by ``eos``; without, the text ends at ``"ASSISTANT:"`` (generation)."""
+    answer = chain_answer(chain_tokens) if with_answer else None
+    return build_prompt(
+        query, is_sentence=is_sentence, style=style_for_chain(chain_tokens), answer=answer, eos=eos
+    )
 
 
 def looks_like_sentence(query: str) -> bool:

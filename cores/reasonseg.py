@@ -7,26 +7,35 @@ A ReasonSeg folder holds one LabelMe-style ``.json`` per image (same stem; ``.jp
 - ``is_sentence``: whether the queries are long sentences,
 - ``shapes``: ``{"label", "points": [[x, y], ...], "shape_type"}`` polygons in pixel coordinates.
 
-Ground truth follows LISA's rule: shapes labelled ``flag`` are skipped, polygons are filled largest
-area first (so smaller ones overwrite larger ones), labels containing ``ignore`` are written as 255
-and all others as 1. Point coordinates are truncated to integers and a polygon covers the pixels on
-its outline as well as those inside it (pixel centres at integer coordinates).
+Ground truth is rasterised exactly as the released LISA/CoReS evaluation does (``utils/data_processing.py``,
+OpenCV 4.8 and numpy 1.24; ``tests/test_fidelity_eval.py`` compares live): shapes labelled ``flag`` are
+skipped; every other shape's points are cast to int32 (truncated towards zero) and drawn with
+``cv2.polylines(mask, [pts], True, value, 1)`` then OpenCV 4.8's ``cv2.fillPoly(mask, [pts], value)`` (see
+:mod:`cores.polygon_raster`: later OpenCV fills differently); shapes are drawn
+in the order ``np.argsort(areas)[::-1]`` of their own rasterised areas under numpy 1.24 (largest first;
+equal areas in that introsort's order, see :mod:`cores.introsort`), so smaller ones overwrite larger ones;
+labels containing ``ignore`` are written as 255, all others as 1. The json files are read as UTF-8 (the
+default encoding of the machines the released code ran on), falling back to cp1252.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from cores.errors import CoresError
+from cores.errors import CoresError, ImageError
+from cores.images import load_image as load_image_file
+from cores.introsort import argsort_numpy124
 from cores.metrics import IGNORE_INDEX
+from cores.polygon_raster import draw_polygon
 
 logger = logging.getLogger(__name__)
 
@@ -59,22 +68,48 @@ class ReasonSegSample:
 # --------------------------------------------------------------------------------------------- reading
 
 
+INT32_RANGE = (-(2**31), 2**31 - 1)
+
+
 def _valid_points(points: object) -> bool:
     if not isinstance(points, list) or not points:
         return False
     return all(
         isinstance(p, list | tuple)
         and len(p) == 2
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in p)
+        and all(
+            isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and INT32_RANGE[0] <= v <= INT32_RANGE[1]
+            for v in p
+        )
         for p in points
     )
 
 
-def _parse_json(json_path: Path, image_path: Path) -> ReasonSegSample:
+def read_annotation(json_path: Path) -> Any:
+    """The parsed json of a ReasonSeg annotation: UTF-8, else cp1252 (the released reader's fallback).
+
+    Raises:
+        ReasonSegError: unreadable, or JSON in neither encoding.
+    """
     try:
-        anno = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ReasonSegError(f"{json_path}: not a readable JSON file ({e})") from e
+        data = json_path.read_bytes()
+    except OSError as e:
+        raise ReasonSegError(f"{json_path}: not a readable file ({e})") from e
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    try:
+        return json.loads(data.decode("cp1252"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReasonSegError(f"{json_path}: not a readable JSON file in UTF-8 or cp1252 ({e})") from e
+
+
+def _parse_json(json_path: Path, image_path: Path) -> ReasonSegSample:
+    anno = read_annotation(json_path)
     if not isinstance(anno, dict):
         raise ReasonSegError(f"{json_path}: expected a JSON object, got {type(anno).__name__}")
     missing = [k for k in ("text", "is_sentence", "shapes") if k not in anno]
@@ -94,7 +129,9 @@ def _parse_json(json_path: Path, image_path: Path) -> ReasonSegSample:
         if not isinstance(shape, dict) or not isinstance(shape.get("label"), str):
             raise ReasonSegError(f"{json_path}: shapes[{i}] must be an object with a string 'label'")
         if not _valid_points(shape.get("points")):
-            raise ReasonSegError(f"{json_path}: shapes[{i}].points must be a non-empty list of [x, y]")
+            raise ReasonSegError(
+                f"{json_path}: shapes[{i}].points must be a non-empty list of finite [x, y] in int32 range"
+            )
     return ReasonSegSample(image_path, json_path, list(texts), anno["is_sentence"], shapes)
 
 
@@ -139,54 +176,44 @@ def load_image(sample: ReasonSegSample) -> np.ndarray:
         ReasonSegError: if the file cannot be read or decoded.
     """
     try:
-        with Image.open(sample.image_path) as im:
-            rgb = ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
+        return load_image_file(sample.image_path)
+    except ImageError as e:
         raise ReasonSegError(f"{sample.image_path}: cannot read image ({e})") from e
-    return np.asarray(rgb, dtype=np.uint8)
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, points: list[tuple[int, int]], value: int) -> None:
-    if len(points) >= 3:
-        draw.polygon(points, fill=value, outline=value)
-    elif len(points) == 2:
-        draw.line(points, fill=value, width=1)
-    else:
-        draw.point(points, fill=value)
-
-
-def _int_points(shape: dict[str, Any]) -> list[tuple[int, int]]:
-    # LISA casts to int32, which truncates towards zero.
-    pts = np.asarray(shape["points"], dtype=np.float64).astype(np.int64)
-    return [(int(x), int(y)) for x, y in pts]
+def _int32_points(shape: dict[str, Any]) -> np.ndarray:
+    # The released code casts to int32, which truncates towards zero.
+    return np.asarray(shape["points"], dtype=np.float64).astype(np.int32)
 
 
 def fill_shapes(shapes: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
     """Rasterise LabelMe shapes into an HxW uint8 mask: 0 background, 1 target, 255 ignore.
 
-    LISA's rule: ``flag`` shapes are skipped, polygons are filled largest first, labels containing
-    ``ignore`` are written as 255 (:data:`cores.metrics.IGNORE_INDEX`), all others as 1.
+    The released rule (see the module docstring): ``flag`` shapes skipped, outline + fill with OpenCV,
+    largest rasterised area first in numpy 1.24's argsort order, ``ignore`` labels as 255
+    (:data:`cores.metrics.IGNORE_INDEX`), all others as 1.
 
     Raises:
         ValueError: if ``height`` or ``width`` is not positive.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"mask size must be positive, got {height}x{width}")
-    polys: list[tuple[int, str, list[tuple[int, int]]]] = []
+    kept: list[tuple[str, np.ndarray]] = []
+    areas: list[int] = []
     for shape in shapes:
         label = shape["label"].lower()
         if label == "flag":
             continue
-        points = _int_points(shape)
-        tmp = Image.new("L", (width, height), 0)
-        _draw_shape(ImageDraw.Draw(tmp), points, 1)
-        polys.append((int(np.count_nonzero(np.asarray(tmp))), label, points))
-    polys.sort(key=lambda p: -p[0])  # largest first; stable for equal areas
-    mask = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(mask)
-    for _, label, points in polys:
-        _draw_shape(draw, points, IGNORE_INDEX if "ignore" in label else 1)
-    return np.asarray(mask, dtype=np.uint8).copy()
+        points = _int32_points(shape)
+        alone = np.zeros((height, width), np.uint8)
+        draw_polygon(alone, points, 1)
+        areas.append(int(alone.sum()))
+        kept.append((label, points))
+    mask = np.zeros((height, width), np.uint8)
+    for index in reversed(argsort_numpy124(areas)):
+        label, points = kept[index]
+        draw_polygon(mask, points, IGNORE_INDEX if "ignore" in label else 1)
+    return mask
 
 
 def load_gt_mask(sample: ReasonSegSample, height: int, width: int) -> np.ndarray:
@@ -275,10 +302,10 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[list[int]]]:
         rows = [p[0] for p in path]
         cols = [p[1] for p in path]
         r0, c0 = min(rows), min(cols)
-        filled = Image.new("1", (max(cols) - c0 + 1, max(rows) - r0 + 1), 0)
-        _draw_shape(ImageDraw.Draw(filled), [(x - c0, y - r0) for y, x in path], 1)
-        box = remaining[r0 : r0 + filled.height, c0 : c0 + filled.width]
-        box &= ~np.asarray(filled, dtype=bool)
+        filled = np.zeros((max(rows) - r0 + 1, max(cols) - c0 + 1), np.uint8)
+        draw_polygon(filled, np.array([(x - c0, y - r0) for y, x in path], dtype=np.int32), 1)
+        box = remaining[r0 : r0 + filled.shape[0], c0 : c0 + filled.shape[1]]
+        box &= ~filled.astype(bool)
         remaining[r, c] = False
         polygons.append([[x - 1, y - 1] for y, x in path])
     return polygons

@@ -1,10 +1,11 @@
 """SAM from pip ``segment_anything`` modules: geometry registry, geometry from weights, pre/post-processing.
 
-The modules are used unmodified. Two call-site rules make them work inside CoReS:
+The modules are used unmodified, composed with two rules that make them what LISA/CoReS were trained with:
 
 * text embeddings are appended to the sparse prompt embeddings by the caller (see :mod:`cores.model`);
-* the prompt encoder's random positional encoding stays in float32 (bf16 matmuls fail there), and its output
-  is cast to the model dtype by the caller.
+* the prompt encoder's random positional encoding is :class:`DtypePositionEmbedding`: computed in the dtype of
+  its Gaussian matrix, which is the model dtype (bf16 serving computes it in bf16, as the released stack does;
+  float32 is pip segment-anything's computation exactly).
 """
 
 from __future__ import annotations
@@ -17,14 +18,67 @@ from functools import partial
 import numpy as np
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from cores.errors import CheckpointError
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
-#: Buffers that must stay float32 whatever the model dtype.
-FLOAT32_SUFFIXES = ("pe_layer.positional_encoding_gaussian_matrix",)
+
+
+class DtypePositionEmbedding(PositionEmbeddingRandom):
+    """SAM's random-frequency positional encoding, computed in the dtype of its Gaussian matrix ``G`` (2xC/2).
+
+    The released LISA/CoReS stack computes it that way, so under bf16 (its training and inference dtype, ``G``
+    converted with the model) every step is bf16: the dense grid (ones, cumsum - 0.5, / size), ``2*x - 1``,
+    ``@ G``, ``* 2*pi``, ``cat(sin, cos)``; point coordinates are normalised in float32 and cast to ``G``'s
+    dtype after ``2*x - 1``. In float32 every step is pip segment-anything's ``PositionEmbeddingRandom``, op
+    for op. Same state-dict key as the pip module (``positional_encoding_gaussian_matrix``).
+    """
+
+    def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
+        """...x2 coordinates in [0, 1] -> ...xC encoding, in ``G``'s dtype."""
+        gaussian = self.positional_encoding_gaussian_matrix
+        centred = 2 * coords - 1
+        projected = centred.to(gaussian.dtype) @ gaussian
+        angles = 2 * np.pi * projected
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+    def forward(self, size: tuple[int, int]) -> torch.Tensor:
+        """The dense encoding of an ``h x w`` grid of cell centres: CxHxW in ``G``'s dtype."""
+        h, w = size
+        gaussian = self.positional_encoding_gaussian_matrix
+        ones = torch.ones((h, w), device=gaussian.device, dtype=gaussian.dtype)
+        rows = (ones.cumsum(dim=0) - 0.5) / h
+        cols = (ones.cumsum(dim=1) - 0.5) / w
+        return self._pe_encoding(torch.stack([cols, rows], dim=-1)).permute(2, 0, 1)
+
+    def point_encoding(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """BxNx2 (x, y) pixel coordinates in the ``image_size`` (h, w) input frame -> BxNxC, in ``G``'s dtype
+        (pip segment-anything's ``forward_with_coords``: normalised in float32, then encoded)."""
+        return self.forward_with_coords(coords, image_size)
+
+
+class CoresPromptEncoder(PromptEncoder):
+    """pip segment-anything's ``PromptEncoder`` with :class:`DtypePositionEmbedding` as its positional
+    encoding (nothing else differs; same state-dict keys)."""
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        image_embedding_size: tuple[int, int],
+        input_image_size: tuple[int, int],
+        mask_in_chans: int,
+    ) -> None:
+        super().__init__(
+            embed_dim=embed_dim,
+            image_embedding_size=image_embedding_size,
+            input_image_size=input_image_size,
+            mask_in_chans=mask_in_chans,
+        )
+        self.pe_layer = DtypePositionEmbedding(embed_dim // 2)
 
 
 @dataclass(frozen=True)
@@ -108,7 +162,7 @@ def build_sam(geometry: SamGeometry) -> Sam:
         window_size=geometry.window_size,
         global_attn_indexes=geometry.global_attn_indexes,
     )
-    prompt_encoder = PromptEncoder(
+    prompt_encoder = CoresPromptEncoder(
         embed_dim=geometry.prompt_dim,
         image_embedding_size=(grid, grid),
         input_image_size=(geometry.img_size, geometry.img_size),

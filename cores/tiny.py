@@ -23,6 +23,7 @@ from cores.checkpoint import save_checkpoint
 from cores.config import CORES_CHAIN, IM_END_TOKEN, IM_START_TOKEN, LISA_CHAIN, CoresConfig
 from cores.prompts import CORES_ANSWERS, CORES_SYSTEM, IN_CONTEXT_EXAMPLES, LLAVA_SYSTEM
 from cores.sam import SAM_GEOMETRIES, build_sam
+from cores.vision import read_vision_tower
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _write_vision_tower(out: Path) -> CLIPVisionModel:
     CLIPImageProcessor(
         size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, do_center_crop=True
     ).save_pretrained(out)
-    return CLIPVisionModel.from_pretrained(out)
+    return read_vision_tower(out, dtype=torch.float32, device=torch.device("cpu"))
 
 
 def _tiny_config(vocab_size: int, chain: tuple[str, ...]) -> CoresConfig:

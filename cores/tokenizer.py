@@ -1,8 +1,11 @@
 """The checkpoint's LLaMA tokenizer: loading, chain-token ids, and prompt tokenisation with the image slot.
 
-Special tokens are found by id with ``convert_tokens_to_ids`` (calling the tokenizer on ``"[SEG]"`` can give
-two ids). The image placeholder is not a vocabulary token: each text chunk around ``<image>`` is tokenised
-on its own, only the first chunk keeps its BOS, and :data:`IMAGE_TOKEN_ID` marks the slot (LLaVA's rule).
+The tokenizer is :class:`cores.llama_tokenizer.SlowLlamaTokenizer`: transformers 4.31's slow
+``LlamaTokenizer`` rules (the stack LISA and CoReS were trained on) on the ``sentencepiece`` library, driven
+by the checkpoint's tokenizer files. Special tokens are found by id with ``convert_tokens_to_ids`` (tokenising
+``"[SEG]"`` as text can give two ids). The image placeholder is not a vocabulary token: the prompt is split on
+``<image>``, each chunk is tokenised on its own, the chunks are joined with :data:`IMAGE_TOKEN_ID`, and only
+the first chunk keeps its BOS (LLaVA's ``tokenizer_image_token``).
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
-
-from cores.checkpoint_layout import TOKENIZER_MODELS, has_tokenizer
 from cores.config import CORES_CHAIN, IM_END_TOKEN, IM_START_TOKEN, LISA_CHAIN
 from cores.errors import CheckpointError
-from cores.prompts import IMAGE_PLACEHOLDER
+from cores.llama_tokenizer import SlowLlamaTokenizer
+from cores.prompts import IMAGE_PLACEHOLDER, chain_prompt, looks_like_sentence
+from cores.queries import check_query
+from cores.tokenizer_files import read_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
@@ -23,32 +26,30 @@ logger = logging.getLogger(__name__)
 IMAGE_TOKEN_ID = -200
 
 
-def load_tokenizer(path: Path, model_max_length: int | None = None) -> PreTrainedTokenizerBase:
-    """Load the LLaMA tokenizer of a checkpoint folder (``legacy=True``, as the releases were trained).
+def load_tokenizer(path: Path) -> SlowLlamaTokenizer:
+    """Load the LLaMA tokenizer of a checkpoint folder (slow, ``legacy`` as configured: as trained).
 
     Raises:
-        CheckpointError: no tokenizer files, or the chain/image tokens are not in its vocabulary.
+        CheckpointError: no ``tokenizer.model``, unreadable tokenizer files, no BOS/EOS token, or no
+            ``<im_start>``/``<im_end>`` among the added tokens.
     """
-    if not has_tokenizer(path):
-        raise CheckpointError(f"checkpoint {path} has no tokenizer ({' or '.join(TOKENIZER_MODELS)})")
-    kwargs: dict[str, object] = {"legacy": True, "padding_side": "right"}
-    if model_max_length:
-        kwargs["model_max_length"] = model_max_length
-    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    tokenizer = SlowLlamaTokenizer(read_tokenizer_files(Path(path)))
+    if tokenizer.bos_token is None or tokenizer.eos_token is None:
+        raise CheckpointError(f"the tokenizer of {path} has no BOS or EOS token")
     for token in (IM_START_TOKEN, IM_END_TOKEN):
         token_id(tokenizer, token)
     return tokenizer
 
 
-def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+def token_id(tokenizer: SlowLlamaTokenizer, token: str) -> int:
     """The id of one added token; raises :class:`CheckpointError` when the vocabulary lacks it."""
     found = tokenizer.convert_tokens_to_ids(token)
-    if not isinstance(found, int) or found == tokenizer.unk_token_id:
+    if found == tokenizer.unk_token_id and token != tokenizer.unk_token:
         raise CheckpointError(f"the tokenizer has no token {token!r} (expected it among the added tokens)")
-    return int(found)
+    return found
 
 
-def detect_chain(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+def detect_chain(tokenizer: SlowLlamaTokenizer) -> tuple[str, ...]:
     """The chain a released tokenizer was trained for: CoReS when it has ``[SEG_SEMA]``, else LISA."""
     vocab = tokenizer.get_vocab()
     if all(token in vocab for token in CORES_CHAIN):
@@ -58,23 +59,62 @@ def detect_chain(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
     raise CheckpointError("the tokenizer has neither [SEG] nor [SEG_SEMA]: not a LISA/CoReS checkpoint")
 
 
-def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+def tokenize_prompt(tokenizer: SlowLlamaTokenizer, prompt: str) -> list[int]:
     """Token ids of ``prompt`` with exactly one :data:`IMAGE_TOKEN_ID` where ``<image>`` stood.
+
+    LLaVA's rule: every chunk around ``<image>`` is encoded with the tokenizer's framing; when the first chunk
+    starts with BOS, that BOS is kept once and the first id of every chunk is dropped.
 
     Raises:
         ValueError: the prompt does not hold exactly one ``<image>``.
     """
-    chunks = prompt.split(IMAGE_PLACEHOLDER)
-    if len(chunks) != 2:
-        raise ValueError(f"expected exactly one {IMAGE_PLACEHOLDER} in the prompt, found {len(chunks) - 1}")
-    ids: list[int] = []
+    texts = prompt.split(IMAGE_PLACEHOLDER)
+    if len(texts) != 2:
+        raise ValueError(f"expected exactly one {IMAGE_PLACEHOLDER} in the prompt, found {len(texts) - 1}")
+    chunks = [tokenizer.encode(text) for text in texts]
+    offset = 1 if chunks[0] and chunks[0][0] == tokenizer.bos_token_id else 0
+    ids = chunks[0][:offset]
     for index, chunk in enumerate(chunks):
-        chunk_ids = list(tokenizer(chunk).input_ids)
-        if chunk_ids and chunk_ids[0] == tokenizer.bos_token_id:
-            chunk_ids = chunk_ids[1:]
-        if index == 0:
-            ids.append(int(tokenizer.bos_token_id))
-        else:
+        if index:
             ids.append(IMAGE_TOKEN_ID)
-        ids.extend(chunk_ids)
+        ids.extend(chunk[offset:])
     return ids
+
+
+def prompt_token_ids(
+    tokenizer: SlowLlamaTokenizer,
+    query: str,
+    chain_tokens: tuple[str, ...],
+    *,
+    is_sentence: bool | None,
+    with_answer: bool,
+) -> list[int]:
+    """The token ids a checkpoint of this chain is prompted with for ``query`` (one image slot): the query
+    only stripped and checked (:func:`cores.queries.check_query`), the family's conversation
+    (:func:`cores.prompts.chain_prompt`; ``is_sentence`` None: guessed), LLaVA's image-slot rule.
+
+    Raises:
+        QueryError: a query :func:`cores.queries.check_query` refuses.
+    """
+    text = check_query(query, tokenizer.no_split_tokens)
+    sentence = looks_like_sentence(text) if is_sentence is None else is_sentence
+    prompt = chain_prompt(
+        text, chain_tokens, is_sentence=sentence, with_answer=with_answer, eos=str(tokenizer.eos_token)
+    )
+    return tokenize_prompt(tokenizer, prompt)
+
+
+def decode_chain_text(tokenizer: SlowLlamaTokenizer, ids: list[int]) -> str:
+    """The generated answer as text: 4.31's decode of ``ids`` without a final EOS, tidied for display
+    (whitespace runs become one space; the space the decoder puts after an added token before punctuation
+    goes: ``"[SEG] ."`` -> ``"[SEG]."``).
+
+    Raises:
+        ValueError: an id outside the vocabulary.
+    """
+    if ids and ids[-1] == tokenizer.eos_token_id:
+        ids = ids[:-1]
+    text = " ".join(tokenizer.decode(ids).split())
+    for mark in (".", ",", ";", ":", "!", "?"):
+        text = text.replace(" " + mark, mark)
+    return text

@@ -31,11 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from cores.errors import QueryError
+from cores.llama_tokenizer import SlowLlamaTokenizer
 from cores.metrics import IGNORE_INDEX
 from cores.prompts import CORES_ANSWERS, build_prompt, chain_answer, style_for_chain
+from cores.queries import check_query
 from cores.reasonseg import ReasonSegError, ReasonSegSample, fill_shapes, iter_samples, load_image
 from cores.tokenizer import tokenize_prompt
 
@@ -225,7 +226,7 @@ class ExampleBuilder:
 
     def __init__(
         self,
-        tokenizer: PreTrainedTokenizerBase,
+        tokenizer: SlowLlamaTokenizer,
         chain: tuple[str, ...],
         image_tokens: int,
         max_positions: int,
@@ -237,8 +238,12 @@ class ExampleBuilder:
         self.max_positions = max_positions
 
     def token_ids(self, query: str, is_sentence: bool, answer: str) -> tuple[list[int], int]:
-        """(prompt + answer + EOS ids, index where the answer starts)."""
-        text = " ".join(query.split())
+        """(prompt + answer + EOS ids, index where the answer starts); the query is only stripped.
+
+        Raises:
+            QueryError: a query :func:`cores.queries.check_query` refuses.
+        """
+        text = check_query(query, self.tokenizer.no_split_tokens)
         eos = str(self.tokenizer.eos_token)
         full = tokenize_prompt(
             self.tokenizer,
@@ -252,13 +257,15 @@ class ExampleBuilder:
         return full, start
 
     def check(self, samples: Sequence[TrainingSample]) -> None:
-        """Raise :class:`QueryError` naming the first sample whose longest prompt overflows the context."""
+        """Raise :class:`QueryError` naming the first sample with a query that is refused (empty, invisible,
+        holding a special token, ...) or whose longest prompt overflows the context."""
         longest = max(self.answers, key=len)
         for sample in samples:
             for query in sample.texts:
-                if not query.strip():
-                    raise QueryError(f"{sample.stem}: empty query in 'text'")
-                ids, _ = self.token_ids(query, sample.is_sentence, longest)
+                try:
+                    ids, _ = self.token_ids(query, sample.is_sentence, longest)
+                except QueryError as exc:
+                    raise QueryError(f"{sample.stem}: {exc}") from exc
                 needed = len(ids) - 1 + self.image_tokens
                 if needed > self.max_positions:
                     raise QueryError(

@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: tiny random CoReS checkpoints (built once per session) and a real Redis."""
+"""Shared pytest fixtures: tiny random CoReS checkpoints (built once per session), a real Redis, and the
+reference environment of the trained stack (``.venv-ref``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import redis
 
 from tests.redis_server import DEFAULT_TEST_DB, DEFAULT_URL, RedisServer, is_reachable, with_db
+from tests.reference_env import missing_reason, reference_venv
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +30,16 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 def tiny_checkpoint(tiny_checkpoints: dict[str, Path]) -> Path:
     """The default tiny checkpoint (CoReS layout, two chain levels)."""
     return tiny_checkpoints["cores"]
+
+
+@pytest.fixture(scope="session")
+def reference_python() -> Path:
+    """The interpreter of ``.venv-ref`` (transformers 4.31 and LISA's other pins). A missing venv FAILS the
+    test (it is part of ``make setup``), saying how to create it."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.fail(reason, pytrace=False)
+    return reference_venv() / "bin" / "python"
 
 
 @pytest.fixture(scope="session")

@@ -157,12 +157,14 @@ def test_wrong_layout_tokenizer_without_chain_tokens(tiny_checkpoints, tmp_path)
         load_checkpoint(path)
 
 
-def test_dtype_is_applied_without_fp32_copy_and_pe_stays_fp32(tiny_checkpoint):
+def test_dtype_is_applied_without_fp32_copy_and_the_pe_follows_it(tiny_checkpoint):
     loaded = load_checkpoint(tiny_checkpoint, dtype=torch.bfloat16)
     model = loaded.model
     assert model.llm.model.embed_tokens.weight.dtype == torch.bfloat16
     assert model.sam.mask_decoder.iou_token.weight.dtype == torch.bfloat16
-    assert model.sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.dtype == torch.float32
+    # As the released stack's .bfloat16(): SAM's Gaussian matrix too, so its PE is computed in bf16.
+    assert model.sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.dtype == torch.bfloat16
+    assert model.sam.prompt_encoder.get_dense_pe().dtype == torch.bfloat16
 
 
 # --- full size on the meta device ----------------------------------------------------------------------

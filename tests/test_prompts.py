@@ -37,12 +37,13 @@ def test_cores_phrase_prompt_and_generation_prompt():
     )
 
 
-def test_lisa_prompt_has_plain_system_and_one_level_answer():
+def test_lisa_prompt_has_plain_system_and_lisas_evaluation_answer():
+    # LISA's ValDataset teacher-forces "[SEG]." (not "It is [SEG]."), see the reference facts.
     text = build_prompt("the dog", is_sentence=False, style=LISA_STYLE, answer=chain_answer(("[SEG]",)))
     assert text == (
         "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
         "helpful, detailed, and polite answers to the human's questions. USER: <im_start><image><im_end>\n"
-        " What is the dog in this image? Please output segmentation mask. ASSISTANT: It is [SEG].</s>"
+        " What is the dog in this image? Please output segmentation mask. ASSISTANT: [SEG].</s>"
     )
 
 

@@ -141,8 +141,7 @@ class LabelStudioProcess:
             str(port),
             "--username",
             self.username,
-            "--password",
-            self.password,
+            f"--password={self.password}",  # a random password may start with "-"
             "--user-token",
             self.token,
             "--enable-legacy-api-token",
