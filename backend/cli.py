@@ -2,21 +2,21 @@
 
 - ``serve [--dev] [--port N]``: the web server (waitress, or Flask's with ``--dev``) on ``PORT``; without
   ``REDIS_URL`` also an embedded Redis and one worker; without ``CORES_CHECKPOINT`` a tiny random demo
-  checkpoint (``backend.server``).
-- ``worker [--burst] [--queues ...] [--name N]``: a GPU worker (``backend.worker``).
+  checkpoint (``backend.web.server``).
+- ``worker [--burst] [--queues ...] [--name N]``: a GPU worker (``backend.jobs.worker``).
 - ``preannotate --project ID [--query Q | --query-field F] [--batch-size N]``: bulk pre-annotation
-  (``backend.preannotate``); without ``REDIS_URL`` it runs its own embedded Redis and worker.
+  (``backend.bulk.preannotate``); without ``REDIS_URL`` it runs its own embedded Redis and worker.
 - ``doctor [--load]``: check the deployment, one OK/WARN/SKIP/FAIL line per check (``backend.doctor``).
-- ``corrections list|stats|export|enrich ...``: the correction log tools (``backend.corrections_cli``).
+- ``corrections list|stats|export|enrich ...``: the correction log tools (``backend.corrections.cli``).
 - ``webhooks ensure|secret --project ID``: put this backend's credentials (basic auth, else the project's
-  webhook secret) on Label Studio's webhooks to it, or print them (``backend.webhook_auth``; the web also
-  does it after ``/setup``).
+  webhook secret) on Label Studio's webhooks to it, or print them (``backend.label_studio.webhook_auth``; the
+  web also does it after ``/setup``).
 - ``train [--project ID] [--steps N] ...``: enqueue one fine-tune on the corrections (``backend.model_cli``).
 - ``versions list|current|promote NAME|pin NAME|unpin|rollback|reset [--project N]``: the model versions
   under ``MODEL_DIR/versions`` and which one each project is served.
 
-Configuration comes from the environment (``backend.settings``); an invalid value exits with code 2 and
-a message naming the variable.
+Configuration comes from the environment (``backend.operations.settings``); an invalid value exits with code 2
+and a message naming the variable.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 
-from backend.arg_types import label_studio_id
-from backend.logs import configure_logging
-from backend.queues import QUEUE_NAMES, QueueUnavailableError, connect
-from backend.settings import Settings, SettingsError
+from backend.jobs.queues import QUEUE_NAMES, QueueUnavailableError, connect
+from backend.operations.arg_types import label_studio_id
+from backend.operations.logs import configure_logging
+from backend.operations.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -128,11 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the process exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "corrections":
-        from backend.corrections_cli import main as corrections_main
+        from backend.corrections.cli import main as corrections_main
 
         return corrections_main(args_list[1:])
     if args_list and args_list[0] == "webhooks":
-        from backend.webhook_auth import main as webhooks_main
+        from backend.label_studio.webhook_auth import main as webhooks_main
 
         return webhooks_main(args_list[1:])
     if args_list and args_list[0] in ("train", "versions"):
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
 
     if args.command == "serve":
-        from backend.server import serve
+        from backend.web.server import serve
 
         return serve(settings, dev=args.dev)
     if args.command == "doctor":
@@ -158,16 +158,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return doctor(settings, load=args.load)
     if args.command == "worker":
-        from backend.worker import run_worker
+        from backend.jobs.worker import run_worker
 
         return run_worker(settings, burst=args.burst, queues=args.queues, name=args.name)
     return _preannotate(settings, args)
 
 
 def _preannotate(settings: Settings, args: argparse.Namespace) -> int:
-    from backend.embedded import embedded_queue
-    from backend.preannotate import PreannotateError, preannotate
-    from backend.versions import ensure_checkpoint
+    from backend.bulk.preannotate import PreannotateError, preannotate
+    from backend.jobs.embedded import embedded_queue
+    from backend.versions.serving import ensure_checkpoint
 
     if args.batch_size is not None and args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)

@@ -11,7 +11,7 @@ One line per check, ``OK``, ``WARN`` (works, but look), ``SKIP`` (not applicable
 and a last line with the counts; the exit status is 1 when any check failed, 0 otherwise. Checks: Redis,
 queue depths, registered workers, Label Studio's ``/api/version`` and the API key
 (``/api/current-user/whoami``), the served checkpoint's files (config, weights, tokenizer, CLIP vision
-tower; a hub id is looked up in the Hugging Face cache: ``backend.checkpoint_files``), the GPU
+tower; a hub id is looked up in the Hugging Face cache: ``backend.versions.checkpoint_files``), the GPU
 (``nvidia-smi``, then torch in a child process), ``MODEL_DIR`` writable and its free disk space. Nothing
 here imports torch; ``--load`` really loads the checkpoint in this process (minutes for a 7B model) and
 reports the device.
@@ -34,8 +34,8 @@ from typing import Literal, TextIO
 import redis
 import requests
 
-from backend.checkpoint_files import locate, missing_files, vision_tower_name
-from backend.settings import Settings
+from backend.operations.settings import Settings
+from backend.versions.checkpoint_files import locate, missing_files, vision_tower_name
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def check_redis(settings: Settings) -> list[Check]:
     """Redis answers; queue depths; registered workers and the queues they serve."""
     from rq import Worker
 
-    from backend.queues import (
+    from backend.jobs.queues import (
         QUEUE_NAMES,
         QueueUnavailableError,
         connect,
@@ -172,8 +172,8 @@ def check_redis(settings: Settings) -> list[Check]:
 
 def check_label_studio(settings: Settings) -> list[Check]:
     """Label Studio answers ``/api/version``; the API key is accepted by ``/api/current-user/whoami``."""
-    from backend.image_errors import ImageFetchError
-    from backend.ls_auth import LabelStudioAuth
+    from backend.images.errors import ImageFetchError
+    from backend.label_studio.auth import LabelStudioAuth
 
     url = settings.label_studio_url.rstrip("/") if settings.label_studio_url else None
     if url is None:
@@ -252,8 +252,8 @@ def _json_field(response: requests.Response, key: str) -> str | None:
 
 def check_checkpoint(settings: Settings) -> list[Check]:
     """The served checkpoint's files: config.json, weights (all shards), tokenizer, CLIP vision tower."""
-    from backend.version_store import VersionError
-    from backend.versions import demo_checkpoint_dir, served_version
+    from backend.versions.serving import demo_checkpoint_dir, served_version
+    from backend.versions.store import VersionError
 
     if settings.checkpoint is None:
         demo = demo_checkpoint_dir(settings)
@@ -293,12 +293,12 @@ def _check_tower(folder: Path) -> Check:
 
 def check_load(settings: Settings) -> Check:
     """Load the served checkpoint in this process (imports torch), as a worker would."""
-    from backend.versions import ensure_checkpoint, served_version
+    from backend.versions.serving import ensure_checkpoint, served_version
 
     started = time.monotonic()
     try:
         served = served_version(ensure_checkpoint(settings))
-        from cores.pipeline import CoresPipeline
+        from cores.inference.pipeline import CoresPipeline
 
         pipeline = CoresPipeline.from_pretrained(
             served.checkpoint, device=settings.device, dtype=settings.dtype

@@ -37,9 +37,9 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
-from backend.arg_types import fraction, label_studio_id
-from backend.settings import Settings, SettingsError
-from backend.version_store import PIN_ENV, VersionError, VersionStore
+from backend.operations.arg_types import fraction, label_studio_id
+from backend.operations.settings import Settings, SettingsError
+from backend.versions.store import PIN_ENV, VersionError, VersionStore
 
 EXIT_USAGE = 2
 _POLL_S = 1.0
@@ -124,7 +124,7 @@ def versions_parser() -> argparse.ArgumentParser:
 
 
 def _settings() -> Settings:
-    from backend.logs import configure_logging
+    from backend.operations.logs import configure_logging
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
@@ -133,7 +133,7 @@ def _settings() -> Settings:
 
 def versions_main(argv: Sequence[str]) -> int:
     """Run ``versions ...``; returns the exit status (0 ok, 1 error, 2 usage)."""
-    from backend.versions import version_store
+    from backend.versions.serving import version_store
 
     args = versions_parser().parse_args(list(argv))
     try:
@@ -252,8 +252,8 @@ def _current(store: VersionStore, settings: Settings, project: int | None, *, as
 
 def train_main(argv: Sequence[str]) -> int:
     """Run ``train ...``; returns the exit status (0 ok or queued, 1 job failed or refused, 2 usage)."""
-    from backend import queues
-    from backend.train_requests import TrainRequest, TrainRequestError, request_training
+    from backend.jobs import queues
+    from backend.training.requests import TrainRequest, TrainRequestError, request_training
 
     args = train_parser().parse_args(list(argv))
     try:
@@ -277,8 +277,8 @@ def train_main(argv: Sequence[str]) -> int:
     with ExitStack() as stack:
         wait = args.wait
         if settings.redis_url is None:
-            from backend.embedded import embedded_queue
-            from backend.versions import ensure_checkpoint
+            from backend.jobs.embedded import embedded_queue
+            from backend.versions.serving import ensure_checkpoint
 
             settings, _ = stack.enter_context(embedded_queue(ensure_checkpoint(settings)))
             wait = True
@@ -296,7 +296,7 @@ def train_main(argv: Sequence[str]) -> int:
 
 
 def _wait(connection: Any, job_id: str) -> int:
-    from backend import queues
+    from backend.jobs import queues
 
     while True:
         outcome = queues.job_outcome(connection, job_id)

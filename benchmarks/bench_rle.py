@@ -1,4 +1,5 @@
-"""Benchmark: Label Studio brush RLE encoding, ``backend.rle.encode_mask`` vs the SDK's ``mask2rle``.
+"""Benchmark: Label Studio brush RLE encoding, ``backend.label_studio.rle.encode_mask`` vs the SDK's
+``mask2rle``.
 
 Usage::
 
@@ -24,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.rle import encode_mask
+from backend.label_studio.rle import encode_mask
 
 logger = logging.getLogger("bench_rle")
 

@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["ChainResult", "CoresPipeline", "LevelResult"]
 
 if TYPE_CHECKING:
-    from cores.pipeline import CoresPipeline
-    from cores.result import ChainResult, LevelResult
+    from cores.inference.pipeline import CoresPipeline
+    from cores.inference.result import ChainResult, LevelResult
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: importing ``cores`` must not import torch (the web process imports cores.prompts only).
+    # Lazy: importing ``cores`` must not import torch (the web process imports cores.modeling.prompts only).
     if name == "CoresPipeline":
-        from cores.pipeline import CoresPipeline
+        from cores.inference.pipeline import CoresPipeline
 
         return CoresPipeline
     if name in ("ChainResult", "LevelResult"):
-        from cores import result
+        from cores.inference import result
 
         return getattr(result, name)
     raise AttributeError(name)

@@ -30,16 +30,16 @@ import numpy as np
 import torch
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
-from cores.build import build_model
-from cores.checkpoint import LoadedCheckpoint
-from cores.config import CORES_7B, CORES_CHAIN
-from cores.devices import resolve_device, resolve_dtype
-from cores.pipeline import CoresPipeline
-from cores.sam import SAM_GEOMETRIES, prepare_sam_input, reset_sam_buffers, sam_batch
-from cores.sam_attention import use_sdpa
-from cores.tiny import make_tiny_checkpoint
-from cores.tokenizer import load_tokenizer, token_id
-from cores.vision import CLIP_VIT_L14
+from cores.checkpoints.loading import LoadedCheckpoint
+from cores.checkpoints.tiny import make_tiny_checkpoint
+from cores.inference.devices import resolve_device, resolve_dtype
+from cores.inference.pipeline import CoresPipeline
+from cores.modeling.build import build_model
+from cores.modeling.config import CORES_7B, CORES_CHAIN
+from cores.modeling.sam import SAM_GEOMETRIES, prepare_sam_input, reset_sam_buffers, sam_batch
+from cores.modeling.sam_attention import use_sdpa
+from cores.modeling.tokenizer import load_tokenizer, token_id
+from cores.modeling.vision import CLIP_VIT_L14
 
 logger = logging.getLogger("cores.bench")
 
@@ -58,7 +58,7 @@ def random_checkpoint(size: str, device: torch.device, dtype: torch.dtype, workd
     """
     tiny_dir = make_tiny_checkpoint(workdir / "tiny", layout="cores")
     if size == "tiny":
-        from cores.checkpoint import load_checkpoint
+        from cores.checkpoints.loading import load_checkpoint
 
         return load_checkpoint(tiny_dir, device=device, dtype=dtype)
     tokenizer = load_tokenizer(tiny_dir)

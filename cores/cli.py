@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from cores.errors import CoresError
-from cores.result import ChainResult
+from cores.inference.result import ChainResult
 
 logger = logging.getLogger("cores")
 
@@ -87,8 +87,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _segment(args: argparse.Namespace) -> dict:
-    from cores.overlay import overlay
-    from cores.pipeline import CoresPipeline, load_image
+    from cores.inference.overlay import overlay
+    from cores.inference.pipeline import CoresPipeline, load_image
 
     image = load_image(args.image)
     pipe = CoresPipeline.from_pretrained(
@@ -107,8 +107,8 @@ def _segment(args: argparse.Namespace) -> dict:
 
 
 def _eval(args: argparse.Namespace) -> dict:
-    from cores.evaluate import evaluate
-    from cores.pipeline import CoresPipeline
+    from cores.evaluation.evaluate import evaluate
+    from cores.inference.pipeline import CoresPipeline
 
     pipe = CoresPipeline.from_pretrained(
         args.checkpoint, device=args.device, dtype=args.dtype, vision_tower=args.vision_tower
@@ -127,8 +127,8 @@ def _eval(args: argparse.Namespace) -> dict:
 
 
 def _finetune(args: argparse.Namespace) -> dict:
-    from cores.finetune import finetune
-    from cores.finetune_config import FinetuneConfig
+    from cores.training.config import FinetuneConfig
+    from cores.training.finetune import finetune
 
     config = FinetuneConfig(
         checkpoint=args.checkpoint,
@@ -172,13 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "make-tiny-checkpoint":
-            from cores.tiny import make_tiny_checkpoint
+            from cores.checkpoints.tiny import make_tiny_checkpoint
 
             path = make_tiny_checkpoint(args.dir, layout=args.layout, seed=args.seed)
             out: dict = {"checkpoint": str(path), "layout": args.layout}
         elif args.command == "build-base":
-            from cores.base import build_base_checkpoint
-            from cores.devices import resolve_dtype
+            from cores.checkpoints.base import build_base_checkpoint
+            from cores.inference.devices import resolve_dtype
 
             dtype = resolve_dtype(args.dtype, torch_device("cpu"))
             path = build_base_checkpoint(args.llava, args.sam, args.out, layout=args.layout, dtype=dtype)

@@ -17,7 +17,7 @@ from tests.reference_env import missing_reason, reference_venv
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One tiny random checkpoint per released layout: ``lisa``, ``cores``, ``cores-refiner``."""
-    from cores.tiny import make_tiny_checkpoint
+    from cores.checkpoints.tiny import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("tiny-checkpoints")
     return {

@@ -16,7 +16,7 @@ from typing import Any
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from cores.prompts import CORES_ANSWERS, CORES_SYSTEM, IN_CONTEXT_EXAMPLES, LLAVA_SYSTEM
+from cores.modeling.prompts import CORES_ANSWERS, CORES_SYSTEM, IN_CONTEXT_EXAMPLES, LLAVA_SYSTEM
 
 LLAMA_VOCAB = 32000
 _GENERAL = (

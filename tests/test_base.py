@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from cores.base import build_base_checkpoint
-from cores.checkpoint import load_checkpoint
+from cores.checkpoints.base import build_base_checkpoint
+from cores.checkpoints.loading import load_checkpoint
+from cores.checkpoints.tiny import make_tiny_llava, make_tiny_sam
 from cores.errors import CheckpointError
-from cores.pipeline import CoresPipeline
-from cores.tiny import make_tiny_llava, make_tiny_sam
+from cores.inference.pipeline import CoresPipeline
 
 
 @pytest.mark.parametrize("layout", ["cores", "cores-refiner", "lisa"])

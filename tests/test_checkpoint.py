@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cores.checkpoint import assign_weights, iter_tensors, load_checkpoint, to_model_key, weight_files
+from cores.checkpoints.loading import (
+    assign_weights,
+    iter_tensors,
+    load_checkpoint,
+    to_model_key,
+    weight_files,
+)
 from cores.errors import CheckpointError
 
 
@@ -204,10 +210,10 @@ def _released_cores_7b_shapes() -> dict[str, tuple[int, ...]]:
 def _full_size_meta_model(refiner: bool):
     from transformers import CLIPVisionModel
 
-    from cores.build import build_model
-    from cores.config import CORES_7B
-    from cores.sam import SAM_GEOMETRIES
-    from cores.vision import CLIP_VIT_L14
+    from cores.modeling.build import build_model
+    from cores.modeling.config import CORES_7B
+    from cores.modeling.sam import SAM_GEOMETRIES
+    from cores.modeling.vision import CLIP_VIT_L14
 
     config = CORES_7B
     with torch.device("meta"):
@@ -222,7 +228,7 @@ def _full_size_meta_model(refiner: bool):
 
 
 def test_full_size_model_accepts_the_released_layout_on_meta():
-    from cores.sam import SAM_GEOMETRIES, geometry_from_shapes
+    from cores.modeling.sam import SAM_GEOMETRIES, geometry_from_shapes
 
     shapes = _released_cores_7b_shapes()
     assert geometry_from_shapes(shapes, prefix="model.visual_model.") == SAM_GEOMETRIES["vit_h"]
@@ -258,7 +264,7 @@ def test_hub_id_resolves_through_the_hugging_face_cache_offline(tiny_checkpoint,
     (repo / "refs" / "main").write_text(revision)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     code = (
-        "from cores.checkpoint import load_checkpoint\n"
+        "from cores.checkpoints.loading import load_checkpoint\n"
         "loaded = load_checkpoint('someone/tiny-cores')\n"
         "print(loaded.path)\n"
         "print(loaded.model.chain_tokens)\n"
@@ -272,7 +278,7 @@ def test_hub_id_resolves_through_the_hugging_face_cache_offline(tiny_checkpoint,
         [
             sys.executable,
             "-c",
-            "from cores.checkpoint import load_checkpoint; load_checkpoint('someone/absent')",
+            "from cores.checkpoints.loading import load_checkpoint; load_checkpoint('someone/absent')",
         ],
         env=env,
         capture_output=True,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cores.reasonseg import write_sample
+from cores.evaluation.reasonseg import write_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -383,7 +383,7 @@ def test_images_run_as_non_root_without_weights(dockerfile):
 
 
 def test_example_env_documents_every_variable_and_parses():
-    from backend.settings import Settings
+    from backend.operations.settings import Settings
 
     class Recording(dict[str, str]):
         def get(self, key: Any, default: Any = None) -> Any:
@@ -421,8 +421,8 @@ def test_worker_healthcheck_sees_only_a_registered_worker_of_this_host(redis_con
 
 @pytest.fixture
 def web_app_port(redis_url: str) -> Iterator[int]:
-    from backend.app import create_app
-    from backend.settings import Settings
+    from backend.operations.settings import Settings
+    from backend.web.app import create_app
 
     app = create_app(Settings(checkpoint="Shawnee-bxy/CoReS", redis_url=redis_url))
     server = make_server("127.0.0.1", 0, app, threaded=True)

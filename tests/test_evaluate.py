@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cores.evaluate import EvalReport, evaluate
-from cores.reasonseg import write_sample
+from cores.evaluation.evaluate import EvalReport, evaluate
+from cores.evaluation.reasonseg import write_sample
 
 H, W = 8, 10
 

@@ -1,4 +1,5 @@
-"""backend.export and the corrections CLI: stored corrections -> ReasonSeg folder + manifest.jsonl."""
+"""backend.corrections.export and the corrections CLI: stored corrections -> ReasonSeg folder +
+manifest.jsonl."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.corrections import CorrectionStore
-from backend.export import ExportError, export_corrections
-from backend.rle import decode_mask
-from cores.metrics import mask_iou
-from cores.prompts import looks_like_sentence
-from cores.reasonseg import iter_samples, load_gt_mask, load_image
+from backend.corrections.export import ExportError, export_corrections
+from backend.corrections.store import CorrectionStore
+from backend.label_studio.rle import decode_mask
+from cores.evaluation.metrics import mask_iou
+from cores.evaluation.reasonseg import iter_samples, load_gt_mask, load_image
+from cores.modeling.prompts import looks_like_sentence
 from tests.test_corrections import L1, L2, SCHEMA, annotation_payload, brush, project, prompt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,7 +242,7 @@ def test_export_refuses_a_folder_with_files(populated):
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "backend.corrections_cli", *args],
+        [sys.executable, "-m", "backend.corrections.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from cores.checkpoint import load_checkpoint
-from cores.pipeline import CoresPipeline
-from cores.sam_attention import SdpaAttention, use_sdpa
+from cores.checkpoints.loading import load_checkpoint
+from cores.inference.pipeline import CoresPipeline
+from cores.modeling.sam_attention import SdpaAttention, use_sdpa
 
 QUERIES = ["the thing you would use to cut the bread", "the red cup", "where would a tired person sit?"]
 

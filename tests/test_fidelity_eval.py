@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cores.evaluate import evaluate
-from cores.introsort import _heapsort, argsort_numpy124
-from cores.metrics import intersection_union
-from cores.polygon_raster import draw_polygon, fill_poly_opencv48
-from cores.reasonseg import iter_samples, load_gt_mask, load_image
+from cores.evaluation.evaluate import evaluate
+from cores.evaluation.introsort import _heapsort, argsort_numpy124
+from cores.evaluation.metrics import intersection_union
+from cores.evaluation.polygon_raster import draw_polygon, fill_poly_opencv48
+from cores.evaluation.reasonseg import iter_samples, load_gt_mask, load_image
 from tests.reference_env import run_reference
 
 H, W = 60, 80

@@ -1,6 +1,7 @@
 """CLIP pixels bit-identical to the trained stack: the product's processor against transformers 4.31's
 ``CLIPImageProcessor``, run live in ``.venv-ref``, on the same decoded RGB arrays (the product's own decoding,
-``cores.images.load_image``, handed to both as ``.npy``), for the tiny tower's config and for the real
+``cores.inference.images.load_image``, handed to both as ``.npy``), for the tiny tower's config and for the
+real
 ``openai/clip-vit-large-patch14`` preprocessor config."""
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import pytest
 from PIL import Image
 from transformers import CLIPImageProcessorPil
 
-from cores.checkpoint import load_checkpoint
-from cores.images import load_image
-from cores.vision import clip_pixels, load_image_processor
+from cores.checkpoints.loading import load_checkpoint
+from cores.inference.images import load_image
+from cores.modeling.vision import clip_pixels, load_image_processor
 from tests.reference_env import run_reference
 
 #: ``preprocessor_config.json`` of ``openai/clip-vit-large-patch14`` as published (legacy integer sizes).

@@ -13,9 +13,9 @@ import pytest
 import torch
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 
-from cores.checkpoint import load_checkpoint
-from cores.pipeline import CoresPipeline
-from cores.sam import DtypePositionEmbedding
+from cores.checkpoints.loading import load_checkpoint
+from cores.inference.pipeline import CoresPipeline
+from cores.modeling.sam import DtypePositionEmbedding
 
 G_KEY = "model.visual_model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]

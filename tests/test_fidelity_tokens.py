@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cores.config import CORES_CHAIN, LISA_CHAIN
 from cores.errors import CheckpointError
-from cores.pipeline import CoresPipeline
-from cores.prompts import chain_answer, chain_prompt, looks_like_sentence
-from cores.queries import check_query
-from cores.tokenizer import decode_chain_text, detect_chain, load_tokenizer, prompt_token_ids
+from cores.inference.pipeline import CoresPipeline
+from cores.modeling.config import CORES_CHAIN, LISA_CHAIN
+from cores.modeling.prompts import chain_answer, chain_prompt, looks_like_sentence
+from cores.modeling.queries import check_query
+from cores.modeling.tokenizer import decode_chain_text, detect_chain, load_tokenizer, prompt_token_ids
 from tests.fidelity_corpus import QUERIES, TEXTS
 from tests.llama_like import added_token, llama_like_model, write_tokenizer
 from tests.reference_env import run_reference

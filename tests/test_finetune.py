@@ -13,22 +13,22 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from cores.checkpoint import load_checkpoint
-from cores.finetune import finetune, set_llm_checkpointing
-from cores.finetune_config import FinetuneConfig, FinetuneError, lr_factor
-from cores.lora import add_lora, trainable_parameters
-from cores.losses import IGNORE_LABEL, masked_bce, masked_dice, shifted_ce
-from cores.metrics import intersection_union
-from cores.pipeline import CoresPipeline
-from cores.reasonseg import ReasonSegError, mask_to_polygons, write_sample
-from cores.training_data import (
+from cores.checkpoints.loading import load_checkpoint
+from cores.evaluation.metrics import intersection_union
+from cores.evaluation.reasonseg import ReasonSegError, mask_to_polygons, write_sample
+from cores.inference.pipeline import CoresPipeline
+from cores.training.config import FinetuneConfig, FinetuneError, lr_factor
+from cores.training.data import (
     ExampleBuilder,
     load_training_samples,
     split_samples,
     stream_indices,
     training_answers,
 )
-from cores.training_step import batch_loss
+from cores.training.finetune import finetune, set_llm_checkpointing
+from cores.training.lora import add_lora, trainable_parameters
+from cores.training.losses import IGNORE_LABEL, masked_bce, masked_dice, shifted_ce
+from cores.training.step import batch_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 #: (level 1 box, level 2 box) as (x0, y0, x1, y1) on a 64x64 image: a table and the cup on it.

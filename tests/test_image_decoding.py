@@ -1,5 +1,6 @@
-"""``cores.images.load_image`` decodes every file as the backend's fetcher does (one documented rule:
-EXIF applied, transparency composited onto white, 16-bit grey's high byte), so the command line, evaluation
+"""``cores.inference.images.load_image`` decodes every file as the backend's fetcher does (one documented
+rule: EXIF applied, transparency composited onto white, 16-bit grey's high byte), so the command line,
+evaluation
 and fine-tuning see the pixels the served model sees."""
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.image_decode import decode_image
+from backend.images.decode import decode_image
 from cores.errors import ImageError
-from cores.images import load_image
+from cores.inference.images import load_image
 
 
 def _gradient(h: int, w: int) -> np.ndarray:

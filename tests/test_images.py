@@ -1,4 +1,4 @@
-"""Tests for backend.images: real local HTTP servers stand in for Label Studio and for a storage host.
+"""Tests for backend.images.fetcher: real local HTTP servers stand in for Label Studio and for a storage host.
 
 The "Label Studio" host checks the Authorization header like Label Studio does (legacy ``Token`` or
 ``Bearer`` access token from ``/api/token/refresh/``) and redirects presign requests to the storage host,
@@ -31,8 +31,9 @@ import pytest
 import requests
 from PIL import Image
 
-from backend import image_download, images
-from backend.images import ImageFetcher, ImageFetchError
+from backend.images import download as image_download
+from backend.images import fetcher as images
+from backend.images.fetcher import ImageFetcher, ImageFetchError
 
 LEGACY_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 

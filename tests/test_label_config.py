@@ -1,4 +1,5 @@
-"""backend.label_config: finding the image/brush/prompt tags and mapping chain levels to labels."""
+"""backend.label_studio.label_config: finding the image/brush/prompt tags and mapping chain levels to
+labels."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.label_config import (
+from backend.label_studio.label_config import (
     LabelConfigError,
     SegmentationSchema,
     level_labels,
@@ -278,7 +279,7 @@ def test_level_labels_needs_a_level() -> None:
 
 
 def test_the_schema_cache_is_bounded_by_config_bytes() -> None:
-    from backend.label_config import SchemaCache
+    from backend.label_studio.label_config import SchemaCache
 
     def config(n: int, padding: int) -> str:
         return (
@@ -299,7 +300,7 @@ def test_the_schema_cache_is_bounded_by_config_bytes() -> None:
 
 
 def test_a_config_with_a_lone_surrogate_is_a_config_error() -> None:
-    from backend.label_config import LabelConfigError, parse_label_config
+    from backend.label_studio.label_config import LabelConfigError, parse_label_config
 
     with pytest.raises(LabelConfigError, match="lone surrogate"):
         parse_label_config('<View><Image name="i\ud800" value="$image"/></View>')

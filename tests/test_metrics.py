@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cores.metrics import IoUAccumulator, intersection_union, mask_iou
+from cores.evaluation.metrics import IoUAccumulator, intersection_union, mask_iou
 
 EPS = 1e-5
 

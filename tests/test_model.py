@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from cores.errors import ChainError
-from cores.pipeline import CoresPipeline
-from cores.refiner import TokenRefiner
-from cores.tokenizer import IMAGE_TOKEN_ID
+from cores.inference.pipeline import CoresPipeline
+from cores.modeling.refiner import TokenRefiner
+from cores.modeling.tokenizer import IMAGE_TOKEN_ID
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cores.devices import resolve_device, resolve_dtype
 from cores.errors import ChainError, DeviceError, ImageError, QueryError
-from cores.pipeline import CoresPipeline, load_image
+from cores.inference.devices import resolve_device, resolve_dtype
+from cores.inference.pipeline import CoresPipeline, load_image
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +150,8 @@ def test_one_level_lisa_checkpoint(tiny_checkpoints):
 
 
 def test_eval_with_the_real_tiny_model_on_a_synthetic_reasonseg_folder(pipe, tmp_path):
-    from cores.evaluate import evaluate
-    from cores.reasonseg import write_sample
+    from cores.evaluation.evaluate import evaluate
+    from cores.evaluation.reasonseg import write_sample
 
     for i in range(3):
         image = _image(20 + i, 32, 48)
@@ -163,9 +163,9 @@ def test_eval_with_the_real_tiny_model_on_a_synthetic_reasonseg_folder(pipe, tmp
     assert 0.0 <= report.giou <= 1.0
     assert 0.0 <= report.ciou <= 1.0
     # The report is computed from the model's real masks: recompute one by hand.
-    from cores.metrics import intersection_union
-    from cores.reasonseg import iter_samples, load_gt_mask
-    from cores.reasonseg import load_image as load_rs_image
+    from cores.evaluation.metrics import intersection_union
+    from cores.evaluation.reasonseg import iter_samples, load_gt_mask
+    from cores.evaluation.reasonseg import load_image as load_rs_image
 
     sample = next(iter_samples(tmp_path))
     image = load_rs_image(sample)

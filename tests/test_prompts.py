@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cores.prompts import (
+from cores.modeling.prompts import (
     CORES_ANSWERS,
     CORES_STYLE,
     LISA_STYLE,
@@ -75,7 +75,7 @@ def test_sentence_heuristic(query, sentence):
 
 
 def test_tokenized_prompt_has_one_image_slot_and_bos(tiny_checkpoint):
-    from cores.tokenizer import IMAGE_TOKEN_ID, load_tokenizer, token_id, tokenize_prompt
+    from cores.modeling.tokenizer import IMAGE_TOKEN_ID, load_tokenizer, token_id, tokenize_prompt
 
     tokenizer = load_tokenizer(tiny_checkpoint)
     ids = tokenize_prompt(tokenizer, CORES_GOLDEN)

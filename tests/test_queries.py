@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cores.config import CORES_CHAIN
 from cores.errors import QueryError
-from cores.pipeline import CoresPipeline
-from cores.queries import check_query
-from cores.tokenizer import load_tokenizer, prompt_token_ids
+from cores.inference.pipeline import CoresPipeline
+from cores.modeling.config import CORES_CHAIN
+from cores.modeling.queries import check_query
+from cores.modeling.tokenizer import load_tokenizer, prompt_token_ids
 
 REFUSED = {
     "": "empty",
@@ -74,8 +74,8 @@ def test_special_tokens_of_this_tokenizer_only(tiny_checkpoints):
 
 
 def test_training_data_refuses_the_same_queries(tiny_checkpoint, tmp_path):
-    from cores.reasonseg import iter_samples, write_sample
-    from cores.training_data import ExampleBuilder, TrainingSample
+    from cores.evaluation.reasonseg import iter_samples, write_sample
+    from cores.training.data import ExampleBuilder, TrainingSample
 
     mask = np.zeros((16, 16), bool)
     mask[4:10, 4:10] = True

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cores.reasonseg import (
+from cores.evaluation.reasonseg import (
     ReasonSegError,
     iter_samples,
     load_gt_mask,
@@ -139,7 +139,7 @@ def test_image_without_json_is_skipped(tmp_path: Path, caplog: pytest.LogCapture
     write_image(tmp_path / "a.jpg")
     write_json(tmp_path / "a.json", {"text": ["q"], "is_sentence": False, "shapes": []})
     write_image(tmp_path / "lonely.jpg")
-    with caplog.at_level(logging.WARNING, logger="cores.reasonseg"):
+    with caplog.at_level(logging.WARNING, logger="cores.evaluation.reasonseg"):
         assert [s.stem for s in iter_samples(tmp_path)] == ["a"]
     assert "without a json" in caplog.text
 

@@ -1,4 +1,4 @@
-"""backend.results: chain levels -> Label Studio brushlabels prediction (and back)."""
+"""backend.label_studio.predictions: chain levels -> Label Studio brushlabels prediction (and back)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.label_config import LabelConfigError, parse_label_config, shipped_label_config
-from backend.results import build_prediction, decode_prediction
+from backend.label_studio.label_config import LabelConfigError, parse_label_config, shipped_label_config
+from backend.label_studio.predictions import build_prediction, decode_prediction
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CONFIGS = {

@@ -1,4 +1,4 @@
-"""backend.rle: byte-identical to label-studio-sdk's brush encoder, and round trips."""
+"""backend.label_studio.rle: byte-identical to label-studio-sdk's brush encoder, and round trips."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, encode_rle, mask2rle
 
-from backend.rle import decode_mask, decode_values, encode_mask, encode_values, rle_value_count
+from backend.label_studio.rle import decode_mask, decode_values, encode_mask, encode_values, rle_value_count
 
 
 def _sdk(mask: np.ndarray) -> list[int]:

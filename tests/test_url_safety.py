@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.images import ImageFetcher, ImageFetchError
-from backend.url_safety import UnsafeUrlError, is_forbidden_ip, parse_fetch_url
+from backend.images.fetcher import ImageFetcher, ImageFetchError
+from backend.images.url_safety import UnsafeUrlError, is_forbidden_ip, parse_fetch_url
 from tests.test_images import LEGACY_TOKEN, RED, FakeHost
 
 

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from cores.checkpoint_layout import CLIP_HUB_ID, CORES_TRAINING_TOWER, resolve_vision_tower
+from cores.checkpoints.layout import CLIP_HUB_ID, CORES_TRAINING_TOWER, resolve_vision_tower
 from cores.errors import CheckpointError
-from cores.vision import load_vision_tower, read_vision_tower
+from cores.modeling.vision import load_vision_tower, read_vision_tower
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_tower_dtype_follows_the_model(tiny_checkpoint):
 
 # --- where mm_vision_tower points -----------------------------------------------------------------------
 def test_cores_training_default_means_the_hub_id(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="cores.checkpoint_layout"):
+    with caplog.at_level(logging.INFO, logger="cores.checkpoints.layout"):
         assert resolve_vision_tower(CORES_TRAINING_TOWER, tmp_path) == CLIP_HUB_ID
     lines = [r for r in caplog.records if CLIP_HUB_ID in r.getMessage()]
     assert len(lines) == 1
@@ -97,7 +97,7 @@ def test_cores_training_default_means_the_hub_id(tmp_path, caplog):
 
 
 def test_other_missing_relative_paths_mean_the_hub_id_with_a_warning(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="cores.checkpoint_layout"):
+    with caplog.at_level(logging.INFO, logger="cores.checkpoints.layout"):
         assert resolve_vision_tower("models/hub/clip-vit-large-patch14", tmp_path) == CLIP_HUB_ID
         assert resolve_vision_tower("./clip-vit-large-patch14", tmp_path) == CLIP_HUB_ID
         assert resolve_vision_tower("clip-vit-large-patch14", tmp_path) == CLIP_HUB_ID

@@ -32,7 +32,7 @@ from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
 
-from backend.label_config import parse_label_config, shipped_label_config
+from backend.label_studio.label_config import parse_label_config, shipped_label_config
 from tests.backend_server import REPO_ROOT, BackendServer, correction_records
 from tests.e2e.label_studio import LabelStudioServer
 

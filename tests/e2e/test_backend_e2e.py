@@ -42,10 +42,10 @@ from label_studio_sdk.converter.brush import decode_rle
 from lxml import etree
 from PIL import Image
 
-from backend.label_config import parse_label_config, shipped_label_config
-from backend.ls_connection import PROJECT_KEY
-from backend.rle import decode_mask, encode_mask
-from backend.webhook_secret import SECRET_HEADER
+from backend.label_studio.connection import PROJECT_KEY
+from backend.label_studio.label_config import parse_label_config, shipped_label_config
+from backend.label_studio.rle import decode_mask, encode_mask
+from backend.label_studio.webhook_secret import SECRET_HEADER
 from tests.backend_server import REPO_ROOT, BackendServer, correction_records
 from tests.e2e.label_studio import LabelStudioServer, free_tcp_port, log_tail
 

@@ -1,8 +1,8 @@
 """Fixtures for the backend tests: settings on the tiny checkpoint, the web app, an in-process rq worker.
 
-The worker is a real ``rq.SimpleWorker`` (``backend.worker.build_worker``) run in burst mode in the test's
-main thread (rq installs signal handlers, which only the main thread may do), while the web request that
-waits for it runs in a helper thread: ``run_with_worker``.
+The worker is a real ``rq.SimpleWorker`` (``backend.jobs.worker.build_worker``) run in burst mode in the
+test's main thread (rq installs signal handlers, which only the main thread may do), while the web request
+that waits for it runs in a helper thread: ``run_with_worker``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from rq import SimpleWorker
 
-from backend.app import create_app
-from backend.settings import Settings
-from backend.worker import build_worker, load_model
+from backend.jobs.worker import build_worker, load_model
+from backend.operations.settings import Settings
+from backend.web.app import create_app
 from tests.ml_backend.fake_label_studio import TOKEN, FakeLabelStudio
 from tests.ml_backend.signing import signed_client
 

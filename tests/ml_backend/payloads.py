@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from backend.label_config import shipped_label_config
+from backend.label_studio.label_config import shipped_label_config
 
 PROJECT = "1.1795672559"
 

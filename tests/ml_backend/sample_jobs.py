@@ -1,6 +1,6 @@
 """Job functions for worker tests, referenced by dotted path (``tests.ml_backend.sample_jobs.<name>``).
 
-Plain module-level functions with JSON-safe arguments and results, like ``backend.jobs``.
+Plain module-level functions with JSON-safe arguments and results, like ``backend.jobs.predict``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
-from backend.webhook_secret import SECRET_HEADER, event_project, project_secret
+from backend.label_studio.webhook_secret import SECRET_HEADER, event_project, project_secret
 
 
 class LabelStudioClient(FlaskClient):

@@ -16,14 +16,14 @@ import redis
 from flask.testing import FlaskClient
 from rq import SimpleWorker
 
-from backend import queues
-from backend.app import create_app
-from backend.job_requests import PredictRequest, TaskInput
-from backend.label_config import parse_label_config
-from backend.ls_connection import resolve
-from backend.prediction_memory import recall
-from backend.rle import encode_mask
-from backend.settings import Settings
+from backend.corrections.prediction_memory import recall
+from backend.jobs import queues
+from backend.jobs.payloads import PredictRequest, TaskInput
+from backend.label_studio.connection import resolve
+from backend.label_studio.label_config import parse_label_config
+from backend.label_studio.rle import encode_mask
+from backend.operations.settings import Settings
+from backend.web.app import create_app
 from tests.ml_backend.conftest import PROMPT_CONFIG, run_with_worker, work
 from tests.ml_backend.fake_label_studio import data_uri, png_bytes
 from tests.ml_backend.payloads import predict_body

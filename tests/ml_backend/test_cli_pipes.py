@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backend.corrections import CorrectionStore
-from backend.embedded import REPO_ROOT
-from backend.label_config import parse_label_config, shipped_label_config
+from backend.corrections.store import CorrectionStore
+from backend.jobs.embedded import REPO_ROOT
+from backend.label_studio.label_config import parse_label_config, shipped_label_config
 from tests.test_corrections import load
 
 

@@ -23,20 +23,20 @@ import redis
 from flask.testing import FlaskClient
 from rq import SimpleWorker
 
-from backend import corrections_cli
-from backend.corrections import CorrectionStore
-from backend.job_requests import PredictRequest, TaskInput
-from backend.jobs import _remember
-from backend.label_config import parse_label_config, shipped_label_config
-from backend.prediction_memory import (
+from backend.corrections import cli as corrections_cli
+from backend.corrections.prediction_memory import (
     MAX_ENTRIES,
     RememberedPrediction,
     memory_key,
     recall,
     remember,
 )
-from backend.settings import Settings
-from backend.webhooks import CorrectionWebhooks
+from backend.corrections.store import CorrectionStore
+from backend.jobs.payloads import PredictRequest, TaskInput
+from backend.jobs.predict import _remember
+from backend.label_studio.label_config import parse_label_config, shipped_label_config
+from backend.operations.settings import Settings
+from backend.web.webhooks import CorrectionWebhooks
 from tests.ml_backend.conftest import PROMPT_CONFIG, run_with_worker
 from tests.ml_backend.fake_label_studio import TOKEN, FakeLabelStudio, data_uri, png_bytes
 from tests.ml_backend.payloads import predict_body
@@ -267,7 +267,7 @@ def test_a_parent_prediction_gone_from_label_studio_is_logged(
 ) -> None:
     body = real_ls_payload()
     body["annotation"]["parent_prediction"] = 999
-    with caplog.at_level(logging.WARNING, logger="backend.webhooks"):
+    with caplog.at_level(logging.WARNING, logger="backend.web.webhooks"):
         assert client.post("/webhook", json=body).get_json()["status"] == "created"
         assert handler_of(client).drain(10)
     assert "prediction 999 no longer exists in Label Studio" in caplog.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from backend.delivery import Deliverer, abandon_claim, claim_key, finish_claim, open_claim
+from backend.jobs.delivery import Deliverer, abandon_claim, claim_key, finish_claim, open_claim
 
 
 def test_job_that_finishes_in_time_leaves_delivery_to_the_web(redis_conn: redis.Redis) -> None:

@@ -20,11 +20,11 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from rq import Worker
 
-from backend import queues
-from backend.checkpoint_files import cached_snapshot, hub_cache_dir
 from backend.doctor import Check, check_checkpoint, check_gpu, doctor, run_checks
-from backend.embedded import REPO_ROOT
-from backend.settings import Settings
+from backend.jobs import queues
+from backend.jobs.embedded import REPO_ROOT
+from backend.operations.settings import Settings
+from backend.versions.checkpoint_files import cached_snapshot, hub_cache_dir
 from tests.redis_server import free_tcp_port
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"

@@ -1,4 +1,5 @@
-"""Structured logs (``backend.logs``): JSON and text lines, job ids inside jobs, request ids in the web."""
+"""Structured logs (``backend.operations.logs``): JSON and text lines, job ids inside jobs, request ids in the
+web."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import redis
 from flask.testing import FlaskClient
 from rq import SimpleWorker
 
-from backend import queues
-from backend.logs import (
+from backend.jobs import queues
+from backend.operations.logs import (
     REQUEST_ID_HEADER,
     ContextFilter,
     bind_request_id,
@@ -22,14 +23,14 @@ from backend.logs import (
     make_formatter,
     unbind_request_id,
 )
-from backend.settings import Settings, SettingsError
+from backend.operations.settings import Settings, SettingsError
 from tests.ml_backend.conftest import work
 
 LOG_AND_SLEEP = "tests.ml_backend.sample_jobs.log_and_sleep"
 
 
 class Captured:
-    """Lines the root logger wrote through a ``backend.logs`` formatter and filter."""
+    """Lines the root logger wrote through a ``backend.operations.logs`` formatter and filter."""
 
     def __init__(self, stream: io.StringIO) -> None:
         self.stream = stream
@@ -146,7 +147,7 @@ def test_the_web_echoes_or_makes_a_request_id_and_logs_each_request_with_it(
 def test_errors_answered_before_the_view_still_get_a_request_id(
     settings: Settings, redis_conn: redis.Redis
 ) -> None:
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     secured = settings.with_changes(basic_auth_user="u", basic_auth_pass="p")
     answer = create_app(secured, connection=redis_conn).test_client().get("/metrics")

@@ -6,8 +6,8 @@ import pytest
 import redis
 from rq import SimpleWorker
 
-from backend.preannotate import PreannotateError, preannotate
-from backend.settings import Settings
+from backend.bulk.preannotate import PreannotateError, preannotate
+from backend.operations.settings import Settings
 from tests.ml_backend.conftest import work
 from tests.ml_backend.fake_label_studio import FakeLabelStudio, png_bytes
 

@@ -12,12 +12,12 @@ from flask.testing import FlaskClient
 from label_studio_sdk.converter.brush import decode_rle
 from rq import SimpleWorker
 
-from backend import queues
-from backend.app import create_app
-from backend.results import decode_prediction
-from backend.settings import Settings
-from backend.versions import model_version
-from backend.worker import get_pipeline
+from backend.jobs import queues
+from backend.jobs.worker import get_pipeline
+from backend.label_studio.predictions import decode_prediction
+from backend.operations.settings import Settings
+from backend.versions.serving import model_version
+from backend.web.app import create_app
 from tests.ml_backend.conftest import PROMPT_CONFIG, quiet, run_with_worker, work
 from tests.ml_backend.fake_label_studio import FakeLabelStudio, data_uri, decode_png, png_bytes
 from tests.ml_backend.payloads import predict_body
@@ -252,7 +252,7 @@ def test_model_version_mismatch_is_a_clear_per_task_error(
 
 
 def test_generate_mode_chain_errors_are_per_task(settings: Settings, redis_conn: redis.Redis) -> None:
-    from backend.worker import build_worker, load_model
+    from backend.jobs.worker import build_worker, load_model
 
     generate = settings.with_changes(mode="generate")
     load_model(generate)
@@ -270,8 +270,8 @@ def test_generate_mode_chain_errors_are_per_task(settings: Settings, redis_conn:
 
 
 def _bulk_request(settings: Settings, task_id: int) -> dict[str, object]:
-    from backend.job_requests import PredictRequest, TaskInput
-    from backend.label_config import parse_label_config
+    from backend.jobs.payloads import PredictRequest, TaskInput
+    from backend.label_studio.label_config import parse_label_config
 
     return PredictRequest(
         tasks=(TaskInput(id=task_id, image=data_uri(png_bytes(16, 12, seed=6)), query="the mug"),),
@@ -300,7 +300,7 @@ def test_interactive_call_past_the_deadline_answers_504_and_drops_the_job(
 def test_a_crashing_job_is_500_interactively_and_per_task_in_batches(
     client: FlaskClient, worker: SimpleWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from backend import jobs
+    from backend.jobs import predict as jobs
 
     def out_of_memory(*args: object, **kwargs: object) -> None:
         raise RuntimeError("CUDA out of memory")

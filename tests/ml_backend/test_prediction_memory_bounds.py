@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import redis
 
-from backend.prediction_memory import RememberedLevel, RememberedPrediction, memory_key, recall, remember
-from backend.rle import encode_mask
+from backend.corrections.prediction_memory import (
+    RememberedLevel,
+    RememberedPrediction,
+    memory_key,
+    recall,
+    remember,
+)
+from backend.label_studio.rle import encode_mask
 
 
 def entry(mask: np.ndarray) -> RememberedPrediction:

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from backend import queues
-from backend.app import create_app
-from backend.embedded import REPO_ROOT
-from backend.job_requests import PredictRequest, TaskInput
-from backend.label_config import parse_label_config
-from backend.settings import Settings
-from backend.worker_census import live_workers
+from backend.jobs import queues
+from backend.jobs.census import live_workers
+from backend.jobs.embedded import REPO_ROOT
+from backend.jobs.payloads import PredictRequest, TaskInput
+from backend.label_studio.label_config import parse_label_config
+from backend.operations.settings import Settings
+from backend.web.app import create_app
 from tests.ml_backend.conftest import PROMPT_CONFIG
 from tests.ml_backend.fake_label_studio import data_uri, png_bytes
 from tests.ml_backend.worker_subprocess import wait_for, worker_env

@@ -14,13 +14,13 @@ import pytest
 import redis
 from rq import SimpleWorker
 
-from backend import queues
-from backend.app import create_app
-from backend.ls_connection import resolve
-from backend.settings import Settings
-from backend.version_store import VersionStore
-from backend.webhook_secret import SECRET_HEADER, master_secret, project_secret
-from backend.worker import load_model
+from backend.jobs import queues
+from backend.jobs.worker import load_model
+from backend.label_studio.connection import resolve
+from backend.label_studio.webhook_secret import SECRET_HEADER, master_secret, project_secret
+from backend.operations.settings import Settings
+from backend.versions.store import VersionStore
+from backend.web.app import create_app
 from tests.ml_backend.conftest import run_with_worker
 from tests.ml_backend.fake_label_studio import TOKEN, FakeLabelStudio, png_bytes
 from tests.ml_backend.payloads import predict_body
@@ -110,7 +110,7 @@ def test_forged_webhooks_are_refused_and_record_nothing(
     body = load("annotation_created.json")
     project = body["project"]["id"]
     master = master_secret(settings)
-    with caplog.at_level(logging.WARNING, logger="backend.app"):
+    with caplog.at_level(logging.WARNING, logger="backend.web.app"):
         for i in range(25):
             body["annotation"]["id"] = 1000 + i
             assert client.post("/webhook", json=body).status_code == 401

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.settings import Settings, SettingsError
-from backend.versions import demo_checkpoint_dir, ensure_checkpoint, model_version
+from backend.operations.settings import Settings, SettingsError
+from backend.versions.serving import demo_checkpoint_dir, ensure_checkpoint, model_version
 
 
 def test_defaults() -> None:

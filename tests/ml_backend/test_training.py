@@ -13,16 +13,16 @@ import redis
 from flask.testing import FlaskClient
 from rq import SimpleWorker
 
-from backend import queues
-from backend.app import create_app
-from backend.job_requests import PredictRequest, TaskInput
-from backend.label_config import parse_label_config, shipped_label_config
+from backend.jobs import queues
+from backend.jobs.payloads import PredictRequest, TaskInput
+from backend.jobs.worker import get_context, load_model
+from backend.label_studio.label_config import parse_label_config, shipped_label_config
 from backend.model_cli import versions_main
-from backend.settings import Settings
-from backend.train_requests import TrainRequest, request_training
-from backend.version_store import PIN_ENV
-from backend.versions import served_version
-from backend.worker import get_context, load_model
+from backend.operations.settings import Settings
+from backend.training.requests import TrainRequest, request_training
+from backend.versions.serving import served_version
+from backend.versions.store import PIN_ENV
+from backend.web.app import create_app
 from tests.ml_backend.conftest import run_with_worker, work
 from tests.ml_backend.fake_label_studio import data_uri, png_bytes
 from tests.ml_backend.payloads import predict_body
@@ -197,7 +197,7 @@ def test_training_refuses_too_few_corrections_with_a_clear_job_error(
 
     few = request_training(redis_conn, settings, TrainRequest(project=PROJECT, min_samples=2, steps=1))
     with pytest.MonkeyPatch.context() as patch:  # every image fetch fails: nothing can be exported
-        from backend import training
+        from backend.training import job as training
 
         class Broken:
             def fetch(self, ref: str, task_id: int | None = None) -> object:

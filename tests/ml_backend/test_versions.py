@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from backend.app import create_app
-from backend.embedded import REPO_ROOT
+from backend.jobs.embedded import REPO_ROOT
 from backend.model_cli import versions_main
-from backend.settings import Settings, SettingsError
-from backend.version_store import PIN_ENV, VersionError, VersionStore
-from backend.versions import served_version, version_store
+from backend.operations.settings import Settings, SettingsError
+from backend.versions.serving import served_version, version_store
+from backend.versions.store import PIN_ENV, VersionError, VersionStore
+from backend.web.app import create_app
 
 
 def staged_checkpoint(root: Path, name: str = "staged") -> Path:

@@ -16,11 +16,11 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from backend import queues
-from backend.app import create_app
-from backend.embedded import REPO_ROOT
-from backend.ls_connection import resolve
-from backend.settings import Settings
+from backend.jobs import queues
+from backend.jobs.embedded import REPO_ROOT
+from backend.label_studio.connection import resolve
+from backend.operations.settings import Settings
+from backend.web.app import create_app
 from tests.ml_backend.conftest import PROMPT_CONFIG
 from tests.ml_backend.fake_label_studio import data_uri, png_bytes
 from tests.ml_backend.payloads import predict_body
@@ -37,8 +37,8 @@ def test_creating_the_web_app_does_not_import_torch(settings: Settings) -> None:
     code = textwrap.dedent(
         f"""
         import sys, time
-        from backend.app import create_app
-        from backend.settings import Settings
+        from backend.web.app import create_app
+        from backend.operations.settings import Settings
         app = create_app(Settings(redis_url={settings.redis_url!r}))
         client = app.test_client()
         started = time.perf_counter()
@@ -46,7 +46,7 @@ def test_creating_the_web_app_does_not_import_torch(settings: Settings) -> None:
         assert client.post("/setup", json={{"project": "1.2", "schema": "<View/>"}}).status_code == 200
         elapsed = time.perf_counter() - started
         assert elapsed < 1.0, elapsed
-        heavy = ("torch", "cores.pipeline", "backend.jobs", "backend.worker")
+        heavy = ("torch", "cores.inference.pipeline", "backend.jobs.predict", "backend.jobs.worker")
         heavy = sorted(m for m in heavy if m in sys.modules)
         print(",".join(heavy) or "none")
         """

@@ -1,6 +1,6 @@
 """The web process (waitress) under slow clients: requests are read whole before a thread takes them, so
 clients sending one byte a second hold no thread and ``/health`` keeps answering. Real sockets, the real
-``python -m backend.web_server`` process."""
+``python -m backend.web.wsgi`` process."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.embedded import REPO_ROOT
-from backend.settings import Settings
+from backend.jobs.embedded import REPO_ROOT
+from backend.operations.settings import Settings
 from tests.ml_backend.worker_subprocess import wait_for, worker_env
 from tests.redis_server import free_tcp_port
 
@@ -39,7 +39,7 @@ def test_health_answers_while_slow_clients_dribble(
     )
     log = (tmp_path / "web.log").open("wb")
     web = subprocess.Popen(
-        [sys.executable, "-m", "backend.web_server"],
+        [sys.executable, "-m", "backend.web.wsgi"],
         cwd=REPO_ROOT,
         env=worker_env(settings),
         stdout=log,

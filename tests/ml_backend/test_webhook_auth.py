@@ -1,5 +1,6 @@
 """With BASIC_AUTH_USER/PASS set, Label Studio's webhooks to the backend get the credentials
-(``backend.webhook_auth``): after /setup in a background thread, and by ``python -m backend webhooks
+(``backend.label_studio.webhook_auth``): after /setup in a background thread, and by
+``python -m backend webhooks
 ensure``; a /webhook answered 401 is logged as a WARNING. The fake Label Studio stands in for its API."""
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from backend.app import create_app
-from backend.ls_connection import LabelStudioConnection
-from backend.settings import Settings
-from backend.webhook_auth import (
+from backend.label_studio.connection import LabelStudioConnection
+from backend.label_studio.webhook_auth import (
     WebhookAuthKeeper,
     WebhookCredentials,
     basic_auth_header,
@@ -25,7 +24,9 @@ from backend.webhook_auth import (
     ensure_webhook_auth,
     main,
 )
-from backend.webhook_secret import SECRET_HEADER, master_secret, project_secret
+from backend.label_studio.webhook_secret import SECRET_HEADER, master_secret, project_secret
+from backend.operations.settings import Settings
+from backend.web.app import create_app
 from tests.ml_backend.fake_label_studio import TOKEN, FakeLabelStudio
 
 USER, PASSWORD = "label-studio", "s3cret"
@@ -165,7 +166,7 @@ def test_a_learned_label_studio_host_never_gets_the_secret(
 def test_a_failed_ensure_is_logged_with_the_fix(caplog: pytest.LogCaptureFixture) -> None:
     keeper = WebhookAuthKeeper(lambda project: BASIC, delays=(0.0,), cooldown_s=60.0)
     ls = LabelStudioConnection("http://127.0.0.1:1", TOKEN)  # nothing listens
-    with caplog.at_level(logging.ERROR, logger="backend.webhook_auth"):
+    with caplog.at_level(logging.ERROR, logger="backend.label_studio.webhook_auth"):
         assert keeper.schedule(7, ls)
         assert keeper.wait(7, timeout=30) == "failed"
     assert "every annotation webhook is answered 401" in caplog.text
@@ -179,7 +180,7 @@ def test_webhook_401_is_a_warning(
 ) -> None:
     client = guarded(settings, redis_conn)
     body = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1}}
-    with caplog.at_level(logging.WARNING, logger="backend.app"):
+    with caplog.at_level(logging.WARNING, logger="backend.web.app"):
         assert client.post("/webhook", json=body).status_code == 401
         assert client.post("/webhook", json=body, auth=(USER, "wrong")).status_code == 401
         assert client.post("/setup", json={}).status_code == 401

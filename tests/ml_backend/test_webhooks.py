@@ -23,11 +23,11 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from backend import queues
-from backend.corrections import CorrectionStore
-from backend.embedded import REPO_ROOT
-from backend.settings import Settings
-from backend.train_requests import ACTIVE_KEY, TRAIN_JOB
+from backend.corrections.store import CorrectionStore
+from backend.jobs import queues
+from backend.jobs.embedded import REPO_ROOT
+from backend.operations.settings import Settings
+from backend.training.requests import ACTIVE_KEY, TRAIN_JOB
 from tests.ml_backend.signing import signed_client
 from tests.test_corrections import WEBHOOKS, assert_sqlite_intact, kill_9_after_acks, load, project
 
@@ -189,7 +189,7 @@ def test_unusable_configs_skipped_tasks_and_unknown_actions_are_ignored(
 def test_labeling_configs_are_parsed_once_per_config(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from backend import label_config
+    from backend.label_studio import label_config
 
     calls: list[str] = []
     real = label_config.parse_label_config
@@ -213,8 +213,8 @@ def test_labeling_configs_are_parsed_once_per_config(
 _WEB_WRITER = """
 import json, sys
 from pathlib import Path
-from backend.app import create_app
-from backend.settings import Settings
+from backend.web.app import create_app
+from backend.operations.settings import Settings
 from tests.ml_backend.signing import signed_client
 client = signed_client(create_app(Settings(redis_url=sys.argv[3], model_dir=Path(sys.argv[1]))))
 payload = json.loads(Path(sys.argv[2]).read_text())
@@ -356,15 +356,18 @@ def test_webhooks_never_import_torch_in_the_web(
     code = f"""
 import json, sys
 from pathlib import Path
-from backend.app import create_app
-from backend.settings import Settings
+from backend.web.app import create_app
+from backend.operations.settings import Settings
 from tests.ml_backend.signing import signed_client
 client = signed_client(create_app(Settings(redis_url={redis_url!r}, model_dir=Path({str(tmp_path)!r}))))
 body = json.loads(Path({str(WEBHOOKS / "annotation_created_with_prediction.json")!r}).read_text())
 assert client.post("/webhook", json=body).get_json()["status"] == "created"
 train = client.post("/webhook", json={{"action": "START_TRAINING", "project": {{"id": 77}}}}).get_json()
 assert train["status"] == "queued", train
-heavy = ("torch", "transformers", "cores.pipeline", "backend.training", "backend.worker", "backend.jobs")
+heavy = (
+    "torch", "transformers", "cores.inference.pipeline", "backend.training.job", "backend.jobs.worker",
+    "backend.jobs.predict",
+)
 print(",".join(m for m in heavy if m in sys.modules) or "none")
 """
     done = subprocess.run(

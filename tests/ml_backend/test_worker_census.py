@@ -5,11 +5,11 @@ from __future__ import annotations
 import redis
 from rq import worker_registration
 
-from backend.metrics import render
-from backend.redis_outages import MAINTENANCE_INTERVAL_S
-from backend.settings import Settings
-from backend.worker import build_worker
-from backend.worker_census import WorkerCensus, live_workers
+from backend.jobs.census import WorkerCensus, live_workers
+from backend.jobs.redis_outages import MAINTENANCE_INTERVAL_S
+from backend.jobs.worker import build_worker
+from backend.operations.settings import Settings
+from backend.web.metrics import render
 from tests.ml_backend.conftest import quiet
 
 

@@ -14,10 +14,10 @@ import pytest
 import redis
 from rq.job import JobStatus
 
-from backend import queues
-from backend.embedded import REPO_ROOT
-from backend.settings import Settings
-from backend.worker import EXIT_BAD_MODEL, EXIT_NO_REDIS, run_worker
+from backend.jobs import queues
+from backend.jobs.embedded import REPO_ROOT
+from backend.jobs.worker import EXIT_BAD_MODEL, EXIT_NO_REDIS, run_worker
+from backend.operations.settings import Settings
 from tests.ml_backend.worker_subprocess import job_status, wait_for, worker_env
 
 
@@ -26,9 +26,9 @@ def _rq_worker(settings: Settings) -> subprocess.Popen[bytes]:
     run plain ``time.sleep`` jobs. ``python -m backend worker`` itself runs in ``test_serve``."""
     code = textwrap.dedent(
         """
-        from backend.queues import connect
-        from backend.settings import Settings
-        from backend.worker import build_worker
+        from backend.jobs.queues import connect
+        from backend.operations.settings import Settings
+        from backend.jobs.worker import build_worker
         settings = Settings.from_env()
         build_worker(connect(settings), settings).work(logging_level="WARNING")
         """
@@ -92,7 +92,7 @@ def test_worker_with_a_bad_checkpoint_fails_fast_with_a_clear_message(
 ) -> None:
     bad = settings.with_changes(checkpoint=str(tmp_path / "missing-checkpoint"))
     queues.enqueue(redis_conn, settings, queues.BULK, "time.sleep", 0)
-    with caplog.at_level("CRITICAL", logger="backend.worker"):
+    with caplog.at_level("CRITICAL", logger="backend.jobs.worker"):
         assert run_worker(bad, burst=True) == EXIT_BAD_MODEL
     [record] = [r for r in caplog.records if r.levelname == "CRITICAL"]
     assert "cannot load the CoReS checkpoint" in record.getMessage()

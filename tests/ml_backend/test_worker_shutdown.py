@@ -1,4 +1,4 @@
-"""Graceful worker shutdown (``backend.graceful_worker``): SIGTERM lets the running job finish; past
+"""Graceful worker shutdown (``backend.jobs.shutdown``): SIGTERM lets the running job finish; past
 ``WORKER_SHUTDOWN_GRACE``, or at a second signal, the job is requeued at the front of its queue, never lost.
 The worker exits 0 either way. Real worker processes on the tests' Redis."""
 
@@ -19,11 +19,11 @@ import redis
 from rq.job import JobStatus
 from rq.results import Result
 
-from backend import queues
-from backend.embedded import REPO_ROOT
-from backend.graceful_worker import REQUEUE_COUNT_META
-from backend.settings import Settings
-from backend.worker import build_worker
+from backend.jobs import queues
+from backend.jobs.embedded import REPO_ROOT
+from backend.jobs.shutdown import REQUEUE_COUNT_META
+from backend.jobs.worker import build_worker
+from backend.operations.settings import Settings
 from tests.ml_backend.conftest import quiet, work
 from tests.ml_backend.worker_subprocess import job_status, wait_for, worker_env
 
@@ -50,9 +50,9 @@ def _worker_without_model(
     a model: the jobs here need none. ``python -m backend worker`` itself runs in the last test."""
     code = textwrap.dedent(
         """
-        from backend.queues import connect
-        from backend.settings import Settings
-        from backend.worker import build_worker
+        from backend.jobs.queues import connect
+        from backend.operations.settings import Settings
+        from backend.jobs.worker import build_worker
         settings = Settings.from_env()
         build_worker(connect(settings), settings, queues=["bulk"]).work(logging_level="INFO")
         """

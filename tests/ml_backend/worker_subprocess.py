@@ -9,9 +9,9 @@ from collections.abc import Callable
 import redis
 from rq.job import JobStatus
 
-from backend import queues
-from backend.embedded import REPO_ROOT
-from backend.settings import Settings
+from backend.jobs import queues
+from backend.jobs.embedded import REPO_ROOT
+from backend.operations.settings import Settings
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:

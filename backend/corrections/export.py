@@ -1,0 +1,307 @@
+"""Export logged corrections as training data: a ReasonSeg folder plus a ``manifest.jsonl``.
+
+For every annotation (its newest non-deleted revision inside the filters) whose final chain level has an
+accepted, non-empty mask, the export writes
+
+- ``<stem>.jpg`` and ``<stem>.json`` in ReasonSeg layout (``cores.evaluation.reasonseg.write_sample``),
+  readable by ``cores.evaluation.reasonseg.iter_samples`` and ``python -m cores eval``: ``text`` = [query],
+  ``is_sentence`` by the ``cores.modeling.prompts.looks_like_sentence`` rule, ``shapes`` = the final level's
+  accepted mask as LabelMe polygons labelled ``target``. The json also holds ``levels``:
+  ``[{"level": 1, "token": "[SEG_SEMA]", "label": <Label Studio label>, "shapes": [...]}, ...]``, one entry
+  per level with an accepted mask, so a fine-tuner can supervise every level of the chain; and ``source``
+  (record, annotation and revision ids);
+- one line of ``manifest.jsonl``: record id, project, task, annotation, revision, annotator, model version,
+  prediction id, query, image reference and sha256, and per level ``{level, label, token, rle, height,
+  width, predicted_iou, predicted_score}`` with the accepted mask as Label Studio brush RLE.
+
+The stem is ``p<project>_t<task>_a<annotation>``. Records are skipped (and counted by reason in the
+summary) when they have no query, no image reference, no accepted final-level mask, an image that cannot be
+fetched, or an image whose size differs from the masks'.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from backend.corrections.store import CorrectionRecord, CorrectionStore, LevelCorrection
+from cores.evaluation.reasonseg import mask_to_polygons, write_sample
+from cores.modeling.prompts import looks_like_sentence
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.jsonl"
+TARGET_LABEL = "target"
+FINAL_TOKEN = "[SEG]"
+"""Chain token of the final level (the target); mirrors ``cores.modeling.config.CORES_CHAIN[-1]``."""
+CONTEXT_TOKEN = "[SEG_SEMA]"
+"""Chain token of level 1 in a two-level CoReS chain; mirrors ``cores.modeling.config.CORES_CHAIN[0]``.
+(``cores.modeling.config`` imports transformers, which the web process must not load.)"""
+
+
+class ExportError(ValueError):
+    """An export that cannot start (e.g. a non-empty output folder); the message says what to do."""
+
+
+class _HasArray(Protocol):
+    """What ``backend.images.fetcher.FetchedImage`` offers: the decoded image and the hash of its bytes."""
+
+    @property
+    def array(self) -> np.ndarray: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+
+ImageSource = Callable[[str], "bytes | np.ndarray | _HasArray"]
+"""Returns the image an image reference names: encoded bytes, an HxWx3 uint8 RGB array, or a
+``backend.images.fetcher.FetchedImage`` (``ImageFetcher.fetch``)."""
+
+
+@dataclass
+class ExportSummary:
+    """What ``export_corrections`` wrote.
+
+    Attributes:
+        out_dir: the ReasonSeg folder.
+        manifest: path of ``manifest.jsonl``.
+        considered: records that passed the filters (newest non-deleted revision per annotation).
+        exported: samples written (= manifest lines).
+        skipped: records not exported, by reason (``no_query``, ``no_image_ref``, ``no_target``,
+            ``image_error``, ``size_mismatch``).
+        stems: the written samples' stems, in manifest order.
+    """
+
+    out_dir: Path
+    manifest: Path
+    considered: int = 0
+    exported: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    stems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe form, for the CLI."""
+        return {
+            "out_dir": str(self.out_dir),
+            "manifest": str(self.manifest),
+            "considered": self.considered,
+            "exported": self.exported,
+            "skipped": dict(self.skipped),
+        }
+
+
+def chain_token(level: int, final_level: int) -> str | None:
+    """The chain token that produces ``level`` in a chain ending at ``final_level``.
+
+    The final level is ``[SEG]``; level 1 of a two-level chain is ``[SEG_SEMA]``. Other levels of longer
+    chains have no released token: None.
+    """
+    if level == final_level:
+        return FINAL_TOKEN
+    if final_level == 2 and level == 1:
+        return CONTEXT_TOKEN
+    return None
+
+
+def _to_rgb(image: Any, ref: str) -> tuple[np.ndarray, str | None]:
+    """Whatever the image source returned -> (HxWx3 uint8 RGB, sha256 of the bytes if known).
+
+    Raises:
+        ValueError: bytes that are not an image, or an array that is not HxW, HxWx3 or HxWx4 uint8.
+    """
+    sha = getattr(image, "sha256", None)
+    if hasattr(image, "array"):
+        image = image.array
+    if isinstance(image, bytes | bytearray | memoryview):
+        raw = bytes(image)
+        try:
+            with Image.open(io.BytesIO(raw)) as im:
+                rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise ValueError(f"{ref}: the bytes are not a readable image ({exc})") from exc
+        return rgb, hashlib.sha256(raw).hexdigest()
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise ValueError(f"{ref}: expected an HxW or HxWxC uint8 image, got {array.shape} {array.dtype}")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    elif array.shape[2] in (3, 4):
+        array = array[:, :, :3]
+    else:
+        raise ValueError(f"{ref}: expected 3 (RGB) or 4 (RGBA) channels, got {array.shape[2]}")
+    return np.ascontiguousarray(array), sha if isinstance(sha, str) else None
+
+
+def _shapes(mask: np.ndarray) -> list[dict[str, Any]]:
+    """LabelMe polygons of a mask, in the form ``write_sample`` writes."""
+    return [
+        {"label": TARGET_LABEL, "points": points, "group_id": None, "shape_type": "polygon", "flags": {}}
+        for points in mask_to_polygons(mask)
+    ]
+
+
+def _stem(record: CorrectionRecord) -> str:
+    project = "NA" if record.project_id is None else str(record.project_id)
+    return f"p{project}_t{record.task_id}_a{record.annotation_id}"
+
+
+def _accepted_levels(record: CorrectionRecord) -> list[tuple[LevelCorrection, np.ndarray]]:
+    """The record's levels with a non-empty accepted mask, decoded, in level order."""
+    result = []
+    for level in record.levels:
+        mask = level.accepted_mask()
+        if mask is not None and mask.any():
+            result.append((level, mask))
+    return result
+
+
+def _manifest_line(
+    record: CorrectionRecord, stem: str, sha256: str | None, levels: list[tuple[LevelCorrection, np.ndarray]]
+) -> dict[str, Any]:
+    final = record.final_level or 0
+    return {
+        "stem": stem,
+        "record_id": record.id,
+        "project": record.project_id,
+        "task": record.task_id,
+        "annotation": record.annotation_id,
+        "revision": record.revision,
+        "annotator": record.annotator,
+        "model_version": record.model_version,
+        "prediction_id": record.prediction_id,
+        "query": record.query,
+        "image": {"ref": record.image_ref, "sha256": sha256},
+        "levels": [
+            {
+                "level": level.level,
+                "label": level.label,
+                "token": chain_token(level.level, final),
+                "rle": level.accepted_rle(),
+                "height": level.height,
+                "width": level.width,
+                "predicted_iou": level.iou,
+                "predicted_score": level.predicted_score,
+            }
+            for level, _ in levels
+        ],
+    }
+
+
+def export_corrections(
+    store: CorrectionStore,
+    out_dir: Path,
+    *,
+    images: ImageSource,
+    project: int | None = None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    min_correction: float | None = None,
+) -> ExportSummary:
+    """Write the newest non-deleted revision of each matching annotation as ReasonSeg training data.
+
+    Args:
+        store: the correction log.
+        out_dir: destination folder; created if missing, refused if it holds files.
+        images: image reference (the task's image URL) -> image; see ``ImageSource``. Exceptions it raises
+            skip that record (``image_error``) and are logged; the export goes on.
+        project, since, until: as in ``CorrectionStore.list`` (revision time window, ``until`` exclusive).
+        min_correction: only annotations whose final level changed at least this much,
+            ``1 - IoU(predicted, accepted) >= min_correction`` (no prediction counts as 1.0), judged on the
+            newest revision in the window.
+
+    Returns:
+        The ``ExportSummary``.
+
+    Raises:
+        ExportError: ``out_dir`` exists and is not an empty folder.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ExportError(f"{out_dir}: the export folder must be new or empty; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = store.list(
+        project=project, since=since, until=until, min_correction=min_correction, latest_only=True
+    )
+    summary = ExportSummary(out_dir=out_dir, manifest=out_dir / MANIFEST_NAME, considered=len(records))
+    skipped: Counter[str] = Counter()
+    lines: list[str] = []
+    for record in records:
+        levels = _accepted_levels(record)
+        final = levels[-1] if levels else None
+        if not record.query:
+            skipped["no_query"] += 1
+            continue
+        if not record.image_ref:
+            skipped["no_image_ref"] += 1
+            continue
+        if final is None or final[0].level != record.final_level:
+            logger.info("record %d: no accepted mask for the final level %s", record.id, record.final_level)
+            skipped["no_target"] += 1
+            continue
+        try:
+            rgb, fetched_sha = _to_rgb(images(record.image_ref), record.image_ref)
+        except Exception as exc:  # the image source is the caller's: any failure skips this record only
+            logger.warning("record %d: cannot get image %s: %s", record.id, record.image_ref, exc)
+            skipped["image_error"] += 1
+            continue
+        level, target = final
+        if rgb.shape[:2] != target.shape:
+            logger.warning(
+                "record %d: image %s is %dx%d but the masks are %dx%d; skipped",
+                record.id,
+                record.image_ref,
+                rgb.shape[0],
+                rgb.shape[1],
+                *target.shape,
+            )
+            skipped["size_mismatch"] += 1
+            continue
+        stem = _stem(record)
+        sample = write_sample(
+            out_dir, stem, rgb, [record.query], looks_like_sentence(record.query), [(TARGET_LABEL, target)]
+        )
+        anno = json.loads(sample.json_path.read_text(encoding="utf-8"))
+        anno["levels"] = [
+            {
+                "level": lvl.level,
+                "token": chain_token(lvl.level, level.level),
+                "label": lvl.label,
+                "shapes": _shapes(mask),
+            }
+            for lvl, mask in levels
+        ]
+        anno["source"] = {
+            "record_id": record.id,
+            "annotation": record.annotation_id,
+            "revision": record.revision,
+            "model_version": record.model_version,
+        }
+        sample.json_path.write_text(json.dumps(anno, indent=1), encoding="utf-8")
+        sha256 = record.image_sha256 or fetched_sha
+        lines.append(json.dumps(_manifest_line(record, stem, sha256, levels)))
+        summary.stems.append(stem)
+    tmp = summary.manifest.with_name(f".{MANIFEST_NAME}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, summary.manifest)
+    summary.exported = len(lines)
+    summary.skipped = dict(sorted(skipped.items()))
+    logger.info(
+        "exported %d of %d correction(s) to %s; skipped %s",
+        summary.exported,
+        summary.considered,
+        out_dir,
+        summary.skipped or "none",
+    )
+    return summary

@@ -1,0 +1,286 @@
+"""What the backend predicted per task, kept in Redis so the correction log can compare against it.
+
+Label Studio 1.23's annotation webhooks do not carry the prediction an annotator started from (``task`` has
+no ``predictions``, ``annotation.prediction`` is ``{}``; only ``annotation.parent_prediction`` names a stored
+prediction by id), and Label Studio never stores interactive predictions at all. So every prediction job
+remembers what it predicted: for each predicted task, one compact JSON entry is pushed onto the Redis list
+``cores:predicted:<project>:<task>`` (newest first, at most ``MAX_ENTRIES``; the key expires
+``PREDICTION_MEMORY_TTL`` seconds, default 7 days, after the task's last prediction)::
+
+    {"model_version": "cores-CoReS", "query": "the dog's leash", "kind": "interactive" | "bulk",
+     "created_at": "2025-03-01T10:00:00.000000Z", "width": 640, "height": 480, "score": 0.87,
+     "levels": [{"label": "Context (level 1)", "score": 0.91, "rle_z": "<base64 of zlib of brush RLE>"}, ...]}
+
+A 1024x768 mask takes ~2 KB there. The web's webhook handler reads the list with one ``LRANGE`` when the
+payload holds no usable prediction and picks the newest entry whose query is the annotation's prompt text
+(else the newest entry): ``recall``. ``RememberedPrediction.to_label_studio`` turns it back into Label
+Studio's prediction form, which ``CorrectionStore.record_webhook(prediction=...)`` reads.
+
+Nothing here imports torch (the web reads the memory).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from backend.corrections.records import utc_iso
+from backend.label_studio.label_config import SegmentationSchema
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "cores:predicted:"
+MAX_ENTRIES = 4
+"""Entries kept per task (several queries on one image); older ones are dropped."""
+INDEX_KEY = "cores:predicted-index"
+"""Sorted set of every remembered task's key, scored by the time of its last prediction."""
+DEFAULT_MAX_TASKS = 100_000
+DEFAULT_MAX_ENTRY_BYTES = 256 * 1024
+BRUSH_TYPE = "brushlabels"
+
+
+def memory_key(project: int, task: int) -> str:
+    """The Redis key of a task's remembered predictions."""
+    return f"{KEY_PREFIX}{project}:{task}"
+
+
+def normalize_query(query: str | None) -> str:
+    """A query as compared between a prediction and an annotation: trimmed, inner whitespace collapsed,
+    case-folded."""
+    return " ".join((query or "").split()).casefold()
+
+
+@dataclass(frozen=True)
+class RememberedLevel:
+    """One predicted region: its BrushLabels label, score and brush RLE."""
+
+    label: str
+    score: float | None
+    rle: list[int]
+
+
+@dataclass(frozen=True)
+class RememberedPrediction:
+    """One remembered prediction of one task (see the module docstring for the stored JSON)."""
+
+    model_version: str
+    query: str
+    kind: str
+    created_at: str
+    width: int
+    height: int
+    score: float | None
+    levels: tuple[RememberedLevel, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The compact JSON entry kept in Redis."""
+        return {
+            "model_version": self.model_version,
+            "query": self.query,
+            "kind": self.kind,
+            "created_at": self.created_at,
+            "width": self.width,
+            "height": self.height,
+            "score": self.score,
+            "levels": [
+                {
+                    "label": lvl.label,
+                    "score": lvl.score,
+                    "rle_z": base64.b64encode(zlib.compress(bytes(lvl.rle), 9)).decode("ascii"),
+                }
+                for lvl in self.levels
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> RememberedPrediction:
+        """Parse a stored entry.
+
+        Raises:
+            ValueError: an entry that is not in the stored form.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        try:
+            levels = tuple(
+                RememberedLevel(
+                    label=str(lvl["label"]),
+                    score=_score(lvl.get("score")),
+                    rle=list(zlib.decompress(base64.b64decode(lvl["rle_z"], validate=True))),
+                )
+                for lvl in data["levels"]
+            )
+            return cls(
+                model_version=str(data["model_version"]),
+                query=str(data.get("query") or ""),
+                kind=str(data.get("kind") or ""),
+                created_at=str(data.get("created_at") or ""),
+                width=int(data["width"]),
+                height=int(data["height"]),
+                score=_score(data.get("score")),
+                levels=levels,
+            )
+        except (KeyError, TypeError, binascii.Error, zlib.error) as exc:
+            raise ValueError(f"not a remembered prediction: {exc!r}") from exc
+
+    @classmethod
+    def from_prediction(
+        cls, prediction: Mapping[str, Any], *, query: str, kind: str, schema: SegmentationSchema
+    ) -> RememberedPrediction | None:
+        """The entry for a ``backend.label_studio.predictions.build_prediction`` dict; None when it has no
+        brush region of
+        ``schema``'s BrushLabels tag."""
+        levels: list[RememberedLevel] = []
+        width = height = 0
+        for item in prediction.get("result") or []:
+            if not isinstance(item, Mapping) or item.get("type") != BRUSH_TYPE:
+                continue
+            if item.get("from_name") != schema.brush_from_name:
+                continue
+            value = item.get("value") or {}
+            labels = value.get("brushlabels") or []
+            if not labels:
+                continue
+            width, height = int(item["original_width"]), int(item["original_height"])
+            levels.append(RememberedLevel(str(labels[0]), _score(item.get("score")), list(value["rle"])))
+        if not levels:
+            return None
+        return cls(
+            model_version=str(prediction.get("model_version") or ""),
+            query=query,
+            kind=kind,
+            created_at=utc_iso(datetime.now(UTC)),
+            width=width,
+            height=height,
+            score=_score(prediction.get("score")),
+            levels=tuple(levels),
+        )
+
+    def to_label_studio(self, schema: SegmentationSchema, prediction_id: int | None = None) -> dict[str, Any]:
+        """This prediction in Label Studio's form (``id``, ``model_version``, ``score``, ``result`` with one
+        brushlabels region per level on ``schema``'s tags), as ``CorrectionStore.record_webhook`` reads it.
+        ``prediction_id``: the Label Studio prediction it stands for, when the annotation names one."""
+        result = []
+        for i, lvl in enumerate(self.levels):
+            region: dict[str, Any] = {
+                "id": f"memory{i + 1}",
+                "from_name": schema.brush_from_name,
+                "to_name": schema.image_name,
+                "type": BRUSH_TYPE,
+                "original_width": self.width,
+                "original_height": self.height,
+                "image_rotation": 0,
+                "value": {"format": "rle", "rle": lvl.rle, "brushlabels": [lvl.label]},
+            }
+            if lvl.score is not None:
+                region["score"] = lvl.score
+            result.append(region)
+        return {
+            "id": prediction_id,
+            "model_version": self.model_version,
+            "score": self.score,
+            "result": result,
+        }
+
+
+def _score(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def remember(
+    connection: redis.Redis,
+    project: int,
+    entries: Iterable[tuple[int, RememberedPrediction]],
+    ttl_s: int,
+    *,
+    max_tasks: int = DEFAULT_MAX_TASKS,
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+) -> int:
+    """Push each ``(task id, entry)`` onto its task's list (one pipeline); returns how many were kept.
+
+    An entry over ``max_entry_bytes`` (``PREDICTION_MEMORY_MAX_ENTRY_BYTES``) is not kept; beyond
+    ``max_tasks`` tasks (``PREDICTION_MEMORY_MAX_TASKS``) the least recently predicted tasks are forgotten
+    (``INDEX_KEY`` orders them).
+
+    Raises:
+        redis.exceptions.RedisError: Redis is unreachable (callers log it: the memory is best effort).
+    """
+    count = 0
+    now = time.time()
+    with connection.pipeline(transaction=False) as pipe:
+        for task, entry in entries:
+            text = json.dumps(entry.to_json(), separators=(",", ":"))
+            if len(text) > max_entry_bytes:
+                logger.info(
+                    "task %s: its prediction takes %d bytes, over PREDICTION_MEMORY_MAX_ENTRY_BYTES=%d: "
+                    "not remembered",
+                    task,
+                    len(text),
+                    max_entry_bytes,
+                )
+                continue
+            key = memory_key(project, task)
+            pipe.lpush(key, text)
+            pipe.ltrim(key, 0, MAX_ENTRIES - 1)
+            pipe.expire(key, ttl_s)
+            pipe.zadd(INDEX_KEY, {key: now})
+            count += 1
+        if count:
+            pipe.zremrangebyscore(INDEX_KEY, "-inf", now - ttl_s)  # expired on their own
+            pipe.zcard(INDEX_KEY)
+            size = pipe.execute()[-1]
+            if size > max_tasks:
+                _forget_oldest(connection, int(size) - max_tasks)
+    return count
+
+
+def _forget_oldest(connection: redis.Redis, n: int) -> None:
+    """Drop the ``n`` least recently predicted tasks' entries."""
+    oldest: Any = connection.zpopmin(INDEX_KEY, n)
+    keys = [key for key, _ in oldest]
+    if keys:
+        connection.delete(*keys)
+        logger.debug("prediction memory full: forgot %d task(s)", len(keys))
+
+
+def choose(entries: Sequence[RememberedPrediction], query: str | None) -> RememberedPrediction | None:
+    """The newest entry whose query is ``query`` (``normalize_query``), else the newest; None if none."""
+    if not entries:
+        return None
+    wanted = normalize_query(query)
+    if wanted:
+        for entry in entries:
+            if normalize_query(entry.query) == wanted:
+                return entry
+    return entries[0]
+
+
+def recall(
+    connection: redis.Redis, project: int, task: int, query: str | None
+) -> RememberedPrediction | None:
+    """The remembered prediction an annotation of ``task`` most likely started from (``choose``), or None.
+    One ``LRANGE``; unreadable entries are skipped (and logged).
+
+    Raises:
+        redis.exceptions.RedisError: Redis is unreachable.
+    """
+    raw: Any = connection.lrange(memory_key(project, task), 0, -1)
+    entries = []
+    for item in raw:
+        try:
+            entries.append(RememberedPrediction.from_json(json.loads(item)))
+        except ValueError as exc:
+            logger.warning("task %s: skipping an unreadable remembered prediction: %s", task, exc)
+    return choose(entries, query)

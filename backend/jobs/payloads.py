@@ -1,0 +1,110 @@
+"""The JSON a prediction job receives: built by the web (or pre-annotation), read by the worker.
+
+Everything the worker needs travels in the request, so the worker never re-parses a labeling config or
+re-resolves a query: the web already did, with the Label Studio payload in hand::
+
+    {"kind": "interactive" | "bulk",
+     "tasks": [{"id": 7, "image": "/data/upload/1/dog.png", "query": "the dog's leash"}, ...],
+     "schema": {"image_name": "image", "image_field": "image", "brush_from_name": "tag",
+                "labels": ["Context (level 1)", "Target (level 2)"], "prompt_from_name": "prompt",
+                "query_field": "query"},
+     "level_labels": {"1": "Context (level 1)"},      # explicit level -> label mapping, may be empty
+     "model_version": "cores-CoReS",                   # the version the web promised Label Studio
+     "project": 1,                                     # Label Studio project id, or null
+     "write_back": true,                               # write predictions the web does not return
+     "claim_key": "cores:claim:<job id>"}              # backend.jobs.delivery handshake, or null
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from backend.label_studio.ids import parse_id
+from backend.label_studio.label_config import SegmentationSchema
+
+KINDS = ("interactive", "bulk")
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """One task to predict: Label Studio task id, image URL (as in the task data) and resolved query."""
+
+    id: int
+    image: str
+    query: str
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """A prediction job's input (see the module docstring for the JSON form)."""
+
+    tasks: tuple[TaskInput, ...]
+    schema: SegmentationSchema
+    model_version: str
+    kind: str = "bulk"
+    level_labels: Mapping[int, str] = field(default_factory=dict)
+    project: int | None = None
+    write_back: bool = False
+    claim_key: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-safe dict passed to ``backend.jobs.predict.predict_tasks``."""
+        schema = asdict(self.schema)
+        schema["labels"] = list(self.schema.labels)
+        return {
+            "kind": self.kind,
+            "tasks": [asdict(task) for task in self.tasks],
+            "schema": schema,
+            "level_labels": {str(k): v for k, v in self.level_labels.items()},
+            "model_version": self.model_version,
+            "project": self.project,
+            "write_back": self.write_back,
+            "claim_key": self.claim_key,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> PredictRequest:
+        """Parse and check a request dict.
+
+        Raises:
+            ValueError: a missing or mistyped field, named in the message.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected the prediction request as a JSON object, got {type(data).__name__}")
+        try:
+            tasks = tuple(
+                TaskInput(id=_int(t["id"], "tasks[].id"), image=str(t["image"]), query=str(t["query"]))
+                for t in data["tasks"]
+            )
+            raw_schema = dict(data["schema"])
+            raw_schema["labels"] = tuple(str(label) for label in raw_schema["labels"])
+            schema = SegmentationSchema(**raw_schema)
+            level_labels = {
+                _int(k, "level_labels key"): str(v) for k, v in (data.get("level_labels") or {}).items()
+            }
+            project = data.get("project")
+            request = cls(
+                tasks=tasks,
+                schema=schema,
+                model_version=str(data["model_version"]),
+                kind=str(data.get("kind", "bulk")),
+                level_labels=level_labels,
+                project=None if project is None else _int(project, "project"),
+                write_back=bool(data.get("write_back", False)),
+                claim_key=data.get("claim_key") or None,
+            )
+        except KeyError as exc:
+            raise ValueError(f"the prediction request lacks the field {exc.args[0]!r}") from exc
+        except TypeError as exc:
+            raise ValueError(f"the prediction request has a field of the wrong type: {exc}") from exc
+        if request.kind not in KINDS:
+            raise ValueError(f"expected kind to be one of {KINDS}, got {request.kind!r}")
+        if not request.tasks:
+            raise ValueError("the prediction request holds no tasks")
+        return request
+
+
+def _int(value: Any, name: str) -> int:
+    return parse_id(value, name)  # IdError is a ValueError

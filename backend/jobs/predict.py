@@ -1,0 +1,330 @@
+"""Queue jobs: module-level functions with JSON-safe arguments and results, run by ``backend.jobs.worker``.
+
+The web enqueues them by dotted path (``backend.jobs.predict.predict_tasks``) and never imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import redis
+from rq import get_current_job
+
+from backend.corrections.prediction_memory import RememberedPrediction, remember
+from backend.images.fetcher import FetchedImage, ImageFetchError
+from backend.jobs.delivery import Deliverer, finish_claim
+from backend.jobs.payloads import PredictRequest
+from backend.jobs.worker import WorkerContext, serving_context
+from backend.label_studio.connection import LabelStudioConnection, resolve
+from backend.label_studio.label_config import LabelConfigError
+from backend.label_studio.predictions import build_prediction
+from backend.label_studio.task_errors import TaskError, error_element
+from backend.label_studio.writeback import WriteBackReport, write_predictions
+from backend.operations.settings import Settings
+from backend.versions.store import VersionError
+from backend.web.metrics import MetricsStore
+
+if TYPE_CHECKING:
+    from cores.inference.pipeline import CoresPipeline
+    from cores.inference.result import ChainResult
+
+logger = logging.getLogger(__name__)
+
+
+def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
+    """Predict every task of a request (``backend.jobs.payloads.PredictRequest`` as JSON).
+
+    Per task: fetch the image, run the CoReS chain, format one brush region per level. A task that fails
+    gets ``{"error": {...}, "model_version": ...}`` in its slot; the others are still predicted. With
+    ``write_back``, predictions the web will not return (``backend.jobs.delivery``) are written to Label
+    Studio, skipping tasks that already hold this model version.
+
+    The job runs the version the request names (``model_version``: the one the web promised the project;
+    the worker loads it first when another is loaded), so every prediction carries the version that
+    produced it. A requested version this worker does not know at all (web and worker configured with
+    different checkpoints, ``MODEL_VERSION`` or ``MODEL_DIR``) fails every task with
+    ``model_version_mismatch``.
+
+    Returns:
+        ``{"results": [prediction or error, one per task, in order], "model_version": str (the version
+        that produced them), "requested_version": str, "delivered_by": "web" | "job" | null,
+        "write_back": {"created", "skipped", "failed"} | null,
+        "timings": {"fetch_ms", "model_ms", "format_ms", "total_ms"}}``.
+
+    Raises:
+        ValueError: a malformed request (the job fails and stays in the failed registry).
+    """
+    started = time.perf_counter()
+    parsed = PredictRequest.from_json(request)
+    job = get_current_job()
+    connection = job.connection if job is not None else None
+    requested = parsed.model_version
+    try:
+        context = serving_context(requested)  # the version the web promised this project
+        known = True
+    except VersionError:
+        context = serving_context()
+        known = False
+    version = context.model_version
+    if requested != version:
+        parsed = replace(parsed, model_version=version)
+    n = len(parsed.tasks)
+    slots: list[dict[str, Any] | None] = [None] * n
+    timings: dict[str, float] = {}
+    ls = resolve(context.settings, connection, parsed.project)
+
+    if not known:
+        mismatch = TaskError(
+            "model_version_mismatch",
+            f"this worker serves {version} and knows no version {requested}, which the request asked "
+            "for; run workers and web with the same CORES_CHECKPOINT / MODEL_VERSION / MODEL_DIR",
+        )
+        slots = [error_element(mismatch.to_json(t.id), requested) for t in parsed.tasks]
+    else:
+        tick = time.perf_counter()
+        images = _fetch_images(context, parsed, ls, slots)
+        timings["fetch_ms"] = (time.perf_counter() - tick) * 1000
+        tick = time.perf_counter()
+        order = [i for i in range(n) if slots[i] is None]
+        chains = run_chains(
+            context.pipeline,
+            [(images[i].array, parsed.tasks[i].query) for i in order],
+            mode=context.settings.mode,
+            batch_size=context.settings.predict_batch_size,
+        )
+        timings["model_ms"] = (time.perf_counter() - tick) * 1000
+        tick = time.perf_counter()
+        for i, chain in zip(order, chains, strict=True):
+            slots[i] = _format(chain, images[i], parsed, i)
+        timings["format_ms"] = (time.perf_counter() - tick) * 1000
+
+    results = [slot if slot is not None else {} for slot in slots]
+    _remember(connection, context.settings, parsed, results)
+    delivered_by, report = _deliver(parsed, results, connection, ls)
+    timings["total_ms"] = (time.perf_counter() - started) * 1000
+    if connection is not None and job is not None:
+        waited = (
+            (job.started_at - job.enqueued_at).total_seconds() if job.started_at and job.enqueued_at else None
+        )
+        _record_metrics(MetricsStore(connection), job.origin, waited, results, report, started)
+    logger.info(
+        "predicted %d tasks (%d errors) in %.0f ms",
+        n,
+        sum(1 for r in results if "error" in r),
+        timings["total_ms"],
+    )
+    return {
+        "results": results,
+        "model_version": version,
+        "requested_version": requested,
+        "delivered_by": delivered_by,
+        "write_back": report.to_json() if report is not None else None,
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+    }
+
+
+def run_chains(
+    pipeline: CoresPipeline, items: Sequence[tuple[np.ndarray, str]], *, mode: str, batch_size: int
+) -> list[ChainResult | TaskError]:
+    """Run the chain for every (image, query); a failing item gets a ``TaskError`` in its place.
+
+    ``answer`` mode runs ``segment_batch`` on groups of ``batch_size`` (one language-model pass each) and
+    falls back to one ``segment`` per item when a group fails, so one bad item does not sink the group.
+    ``generate`` mode runs ``segment`` per item. Any exception of an item (``QueryError``, ``ValueError``,
+    ``UnicodeError``, anything) becomes that item's ``TaskError``; only ``BaseException`` s that are not
+    ``Exception`` s (a shutdown interrupt) pass through.
+    """
+    from cores.errors import CoresError
+
+    results: list[ChainResult | TaskError] = []
+    if mode == "answer" and len(items) > 1:
+        for start in range(0, len(items), batch_size):
+            group = items[start : start + batch_size]
+            try:
+                results.extend(pipeline.segment_batch([(image, query, None) for image, query in group]))
+                continue
+            except Exception as exc:  # one bad item must not sink the group: retry each alone
+                level = logging.INFO if isinstance(exc, CoresError) else logging.WARNING
+                logger.log(
+                    level,
+                    "batched pass failed (%s: %s); retrying its %d items one by one",
+                    type(exc).__name__,
+                    exc,
+                    len(group),
+                )
+            results.extend(_segment_one(pipeline, image, query, mode) for image, query in group)
+        return results
+    return [_segment_one(pipeline, image, query, mode) for image, query in items]
+
+
+def _segment_one(
+    pipeline: CoresPipeline, image: np.ndarray, query: str, mode: str
+) -> ChainResult | TaskError:
+    from cores.errors import CoresError, QueryError
+
+    try:
+        return pipeline.segment(image, query, mode=mode)
+    except QueryError as exc:
+        return TaskError("query", f"the model rejected the query: {exc}")
+    except CoresError as exc:
+        return TaskError("model", f"the model could not answer: {exc}")
+    except Exception as exc:
+        logger.exception("the chain raised on one task (query %r)", query[:80])
+        return _internal(exc)
+
+
+def _internal(exc: Exception) -> TaskError:
+    """The per-task error for an unexpected exception (its type and message; the log has the traceback)."""
+    return TaskError("internal", f"predicting this task failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+
+def _fetch_images(
+    context: WorkerContext,
+    request: PredictRequest,
+    ls: LabelStudioConnection | None,
+    slots: list[dict[str, Any] | None],
+) -> dict[int, FetchedImage]:
+    """Fetch every task's image; a failure fills the task's slot with an ``image_fetch`` error."""
+    fetcher = context.fetcher(ls)
+    images: dict[int, FetchedImage] = {}
+    for i, task in enumerate(request.tasks):
+        try:
+            images[i] = fetcher.fetch(task.image, task_id=task.id)
+        except ImageFetchError as exc:
+            error = TaskError("image_fetch", exc.detail, reason=exc.reason, url=exc.url)
+            slots[i] = error_element(error.to_json(task.id), request.model_version)
+            logger.warning("task %s: %s", task.id, exc)
+        except Exception as exc:  # a URL no rule foresaw: this task's error, never the job's
+            logger.exception("task %s: fetching its image raised", task.id)
+            slots[i] = error_element(_internal(exc).to_json(task.id), request.model_version)
+    return images
+
+
+def _format(
+    chain: ChainResult | TaskError, image: FetchedImage, request: PredictRequest, index: int
+) -> dict[str, Any]:
+    task = request.tasks[index]
+    if isinstance(chain, TaskError):
+        return error_element(chain.to_json(task.id), request.model_version)
+    levels = [
+        {"index": lv.index, "token": lv.token, "mask": lv.mask, "score": lv.score, "text": lv.text}
+        for lv in chain.levels
+    ]
+    try:
+        return build_prediction(
+            levels,
+            request.schema,
+            image.width,
+            image.height,
+            request.model_version,
+            dict(request.level_labels),
+        )
+    except LabelConfigError as exc:
+        return error_element(TaskError("label_config", str(exc)).to_json(task.id), request.model_version)
+    except Exception as exc:
+        logger.exception("task %s: formatting its prediction raised", task.id)
+        return error_element(_internal(exc).to_json(task.id), request.model_version)
+
+
+def _remember(
+    connection: redis.Redis | None,
+    settings: Settings,
+    request: PredictRequest,
+    results: list[dict[str, Any]],
+) -> None:
+    """Keep what this job predicted per task in Redis (``backend.corrections.prediction_memory``), before
+    anything is
+    delivered, so an annotation submitted right after sees it. Best effort: a failure is logged."""
+    if connection is None or request.project is None or settings.prediction_memory_ttl <= 0:
+        return
+    entries = []
+    for task, result in zip(request.tasks, results, strict=True):
+        if "result" not in result:
+            continue
+        try:
+            entry = RememberedPrediction.from_prediction(
+                result, query=task.query, kind=request.kind, schema=request.schema
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("task %s: its prediction cannot be remembered: %s", task.id, exc)
+            continue
+        if entry is not None:
+            entries.append((task.id, entry))
+    try:
+        kept = remember(
+            connection,
+            request.project,
+            entries,
+            settings.prediction_memory_ttl,
+            max_tasks=settings.prediction_memory_max_tasks,
+            max_entry_bytes=settings.prediction_memory_max_entry_bytes,
+        )
+    except (redis.exceptions.RedisError, OSError) as exc:
+        logger.warning(
+            "could not remember the predictions of project %s tasks %s in Redis (corrections of them "
+            "will lack the predicted masks unless Label Studio stored the prediction): %s",
+            request.project,
+            [task_id for task_id, _ in entries],
+            exc,
+        )
+        return
+    logger.debug("remembered %d prediction(s) of project %s", kept, request.project)
+
+
+def _deliver(
+    request: PredictRequest,
+    results: list[dict[str, Any]],
+    connection: redis.Redis | None,
+    ls: LabelStudioConnection | None,
+) -> tuple[str | None, WriteBackReport | None]:
+    """Decide who delivers (``backend.jobs.delivery``) and write back (to ``ls``) when it is this job."""
+    if not request.write_back:
+        return None, None
+    deliverer = Deliverer.JOB
+    if request.claim_key and connection is not None:
+        deliverer = finish_claim(connection, request.claim_key)
+    if deliverer is Deliverer.WEB:
+        return deliverer.value, None
+    predictions = [(task.id, r) for task, r in zip(request.tasks, results, strict=True) if "result" in r]
+    if not predictions:
+        return deliverer.value, WriteBackReport()
+    if ls is None:
+        reason = (
+            "no Label Studio to write to: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY on the worker, "
+            "or connect the backend in Label Studio so that /setup provides them"
+        )
+        logger.error("cannot write back %d predictions: %s", len(predictions), reason)
+        return deliverer.value, WriteBackReport(failed={str(task_id): reason for task_id, _ in predictions})
+    return deliverer.value, write_predictions(
+        ls.client(), predictions, request.model_version, project=request.project
+    )
+
+
+def _record_metrics(
+    store: MetricsStore,
+    queue: str,
+    waited_s: float | None,
+    results: list[dict[str, Any]],
+    report: WriteBackReport | None,
+    started: float,
+) -> None:
+    store.observe("job_duration_seconds", time.perf_counter() - started, {"queue": queue})
+    if waited_s is not None:
+        store.observe("job_wait_seconds", max(0.0, waited_s), {"queue": queue})
+    codes = Counter(str(result["error"].get("code")) for result in results if "error" in result)
+    for code, count in codes.items():
+        store.incr("task_errors_total", {"code": code}, count)
+    if report is not None:
+        for outcome, tasks in (
+            ("created", report.created),
+            ("skipped", report.skipped),
+            ("failed", report.failed),
+        ):
+            if tasks:
+                store.incr("writebacks_total", {"outcome": outcome}, len(tasks))

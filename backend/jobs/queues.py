@@ -1,0 +1,312 @@
+"""The rq job queues: names, connection, bounded enqueueing, job lookup.
+
+- Three queues, in the priority order every worker listens to them: ``interactive`` (an annotator waits),
+  ``bulk`` (batch predictions, pre-annotation), ``train`` (fine-tuning, ``backend.training.requests``).
+- Every Queue, Job and Worker uses ``rq.serializers.JSONSerializer``: job arguments and results are JSON,
+  never pickle, so a Redis shared with other tools can never make a worker unpickle foreign bytes.
+- Jobs are referenced by dotted path strings (``backend.jobs.predict.predict_tasks``): the web never imports
+  the job module or its heavy dependencies.
+- Each queue is bounded: ``enqueue`` raises ``QueueFull`` when ``MAX_QUEUED`` jobs already wait there;
+  the web answers 503 with ``Retry-After``.
+- Failed jobs stay in the queue's ``FailedJobRegistry`` for ``FAILURE_TTL`` seconds with their
+  traceback (``job_info`` shows it; ``GET /jobs/<id>`` serves it).
+- A worker killed mid-job (SIGKILL, OOM, lost machine) leaves its job STARTED. rq 3 notices when the
+  execution's heartbeat expires (``JOB_TIMEOUT`` + 60 s for our non-forking worker) during any live
+  worker's registry maintenance, and moves the job to the FailedJobRegistry with an ``AbandonedJobError``
+  note; ``requeue`` puts it back on its queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from backend.operations.logs import REQUEST_ID_META, current_request_id
+from backend.operations.settings import Settings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+INTERACTIVE = "interactive"
+BULK = "bulk"
+TRAIN = "train"
+QUEUE_NAMES = (INTERACTIVE, BULK, TRAIN)
+"""Queue names in priority order: a worker takes interactive jobs first, then bulk, then train."""
+SERIALIZER = JSONSerializer
+PREDICT_JOB = "backend.jobs.predict.predict_tasks"
+"""Dotted path of the prediction job (``backend.jobs.predict.predict_tasks``)."""
+RETRY_AFTER_S = 5
+"""Seconds clients are told to wait after a 503 (queue full or Redis unreachable)."""
+
+_CONNECT_TIMEOUT_S = 2.0
+_SOCKET_TIMEOUT_S = 10.0
+_RETRIES = 2  # brief retries ride out a blip; a Redis that is down fails a request in well under a second
+
+
+class QueueFull(Exception):  # noqa: N818 (the name the web and docs use)
+    """A queue already holds ``MAX_QUEUED`` waiting jobs; retry after ``retry_after`` seconds."""
+
+    def __init__(self, queue: str, depth: int, limit: int, retry_after: int = RETRY_AFTER_S) -> None:
+        super().__init__(
+            f'queue "{queue}" is full ({depth} jobs waiting, limit MAX_QUEUED={limit}); '
+            f"retry in {retry_after} s"
+        )
+        self.queue = queue
+        self.depth = depth
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class QueueUnavailableError(Exception):
+    """Redis cannot be reached (or failed mid-command); the message says which URL and why."""
+
+    retry_after = RETRY_AFTER_S
+
+
+def connect(settings: Settings | str) -> redis.Redis:
+    """A Redis client for ``settings.redis_url`` (or a URL), with short timeouts and few retries.
+
+    Nothing is contacted until the first command.
+
+    Raises:
+        SettingsError: no URL is configured (``serve`` starts an embedded Redis in that case).
+    """
+    url = settings if isinstance(settings, str) else settings.redis_url
+    if not url:
+        raise SettingsError(
+            "REDIS_URL is not set: set it to a shared Redis, or run `python -m backend serve`, which "
+            "starts an embedded Redis and a worker"
+        )
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=_CONNECT_TIMEOUT_S,
+        socket_timeout=_SOCKET_TIMEOUT_S,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
+    )
+
+
+def describe_connection(connection: redis.Redis) -> str:
+    """``host:port/db`` or ``unix:path/db`` of a client, for messages (never the password)."""
+    kwargs = connection.connection_pool.connection_kwargs
+    where = (kwargs.get("path") and f"unix:{kwargs['path']}") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+    return f"{where}/{kwargs.get('db', 0)}"
+
+
+@contextmanager
+def redis_errors(connection: redis.Redis) -> Iterator[None]:
+    """Turn Redis connection failures inside the block into ``QueueUnavailableError``."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise QueueUnavailableError(
+            f"Redis at {describe_connection(connection)} is unreachable: {exc}"
+        ) from exc
+
+
+def get_queue(connection: redis.Redis, name: str) -> Queue:
+    """The rq queue ``name`` (one of ``QUEUE_NAMES``) with the JSON serializer.
+
+    Raises:
+        ValueError: an unknown queue name.
+    """
+    if name not in QUEUE_NAMES:
+        raise ValueError(f"unknown queue {name!r}; expected one of {QUEUE_NAMES}")
+    return Queue(name, connection=connection, serializer=SERIALIZER)
+
+
+def room(connection: redis.Redis, settings: Settings, queue: str) -> int:
+    """How many more jobs ``queue`` accepts before it is full (0 when full).
+
+    Raises:
+        QueueUnavailableError: Redis is unreachable.
+    """
+    with redis_errors(connection):
+        return max(0, settings.max_queued - get_queue(connection, queue).count)
+
+
+def enqueue(
+    connection: redis.Redis,
+    settings: Settings,
+    queue: str,
+    func: str,
+    *args: Any,
+    job_id: str | None = None,
+    ttl: int | None = None,
+    description: str | None = None,
+    job_timeout: int | None = None,
+) -> Job:
+    """Enqueue ``func`` (a dotted path) with JSON-safe ``args`` on ``queue``, if the queue has room.
+
+    Jobs get ``JOB_TIMEOUT``, keep results ``RESULT_TTL`` seconds and failures ``FAILURE_TTL`` seconds.
+
+    Args:
+        ttl: seconds the job may wait in the queue before it is discarded unstarted (None: forever).
+        job_timeout: seconds the job may run (None: ``JOB_TIMEOUT``).
+
+    Raises:
+        QueueFull: ``MAX_QUEUED`` jobs already wait on ``queue``.
+        QueueUnavailableError: Redis is unreachable.
+    """
+    rq_queue = get_queue(connection, queue)
+    with redis_errors(connection):
+        depth = rq_queue.count
+        if depth >= settings.max_queued:
+            raise QueueFull(queue, depth, settings.max_queued)
+        job = rq_queue.enqueue(
+            func,
+            args=args,
+            job_id=job_id,
+            job_timeout=job_timeout or settings.job_timeout,
+            result_ttl=settings.result_ttl,
+            failure_ttl=settings.failure_ttl,
+            ttl=ttl,
+            description=description or func,
+            meta=_request_meta(),
+        )
+    logger.debug("enqueued %s on %s as job %s", func, queue, job.id)
+    return job
+
+
+def _request_meta() -> dict[str, Any] | None:
+    """``job.meta`` tying a job to the HTTP request that enqueued it (its log lines then carry the id)."""
+    request_id = current_request_id()
+    return {REQUEST_ID_META: request_id} if request_id else None
+
+
+def interactive_ttl(settings: Settings) -> int:
+    """Queue TTL of an interactive job: past the web's deadline nobody waits for it any more."""
+    return math.ceil(settings.predict_deadline) + 1
+
+
+def fetch_job(connection: redis.Redis, job_id: str) -> Job | None:
+    """The job with this id, or None when it does not exist (or expired).
+
+    Raises:
+        QueueUnavailableError: Redis is unreachable.
+    """
+    with redis_errors(connection):
+        try:
+            return Job.fetch(job_id, connection=connection, serializer=SERIALIZER)
+        except (NoSuchJobError, ValueError, TypeError):
+            return None
+
+
+def result_stream_key(job_id: str) -> str:
+    """The Redis stream rq appends a job's results (success or failure) to; XREAD on it to wait."""
+    return str(Result.get_key(job_id))
+
+
+def job_error(job: Job) -> str | None:
+    """The traceback text of a failed job's latest execution, None if it did not fail."""
+    result = job.latest_result()
+    if result is not None and result.type in (Result.Type.FAILED, Result.Type.RETRIED):
+        return str(result.exc_string or "")
+    return None
+
+
+def job_outcome(connection: redis.Redis, job_id: str) -> tuple[Any, str | None] | None:
+    """A finished job's ``(return value, None)``, a failed job's ``(None, traceback)``, or None while it
+    has no result yet. A job that no longer exists counts as failed ("expired").
+
+    Raises:
+        QueueUnavailableError: Redis is unreachable.
+    """
+    job = fetch_job(connection, job_id)
+    if job is None:
+        return None, f"job {job_id} no longer exists (expired or deleted)"
+    with redis_errors(connection):
+        result = job.latest_result()
+    if result is None:
+        return None
+    if result.type == Result.Type.SUCCESSFUL:
+        return result.return_value, None
+    return None, str(result.exc_string or f"job {job_id} ended as {result.type.name}")
+
+
+def job_info(job: Job, *, include_result: bool = False) -> dict[str, Any]:
+    """A JSON-safe description of a job: status, queue, timestamps, error (traceback) and result summary.
+
+    Raises:
+        QueueUnavailableError: Redis is unreachable.
+    """
+
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    with redis_errors(job.connection):
+        status = job.get_status(refresh=True)
+        info: dict[str, Any] = {
+            "id": job.id,
+            "status": str(status.value if isinstance(status, JobStatus) else status),
+            "queue": job.origin,
+            "func": job.func_name,
+            "description": job.description,
+            "enqueued_at": iso(job.enqueued_at),
+            "started_at": iso(job.started_at),
+            "ended_at": iso(job.ended_at),
+            "worker": job.worker_name,
+            "error": job_error(job),
+        }
+        value = job.return_value(refresh=True)
+    if isinstance(value, dict) and isinstance(value.get("results"), list):
+        results = value["results"]
+        info["summary"] = {
+            "tasks": len(results),
+            "predicted": sum(1 for r in results if isinstance(r, dict) and "result" in r),
+            "errors": sum(1 for r in results if isinstance(r, dict) and "error" in r),
+            "model_version": value.get("model_version"),
+            "write_back": value.get("write_back"),
+        }
+    if include_result:
+        info["result"] = value
+    return info
+
+
+def requeue(connection: redis.Redis, job_id: str) -> Job:
+    """Put a failed (or abandoned) job back on its queue.
+
+    Raises:
+        ValueError: no such job, or it is not in its queue's failed registry.
+        QueueUnavailableError: Redis is unreachable.
+    """
+    job = fetch_job(connection, job_id)
+    if job is None:
+        raise ValueError(f"no job {job_id!r} (it may have expired)")
+    with redis_errors(connection):
+        registry = FailedJobRegistry(job.origin, connection=connection, serializer=SERIALIZER)
+        if job.id not in registry:
+            raise ValueError(f"job {job_id} is {job.get_status().value}, not failed: nothing to requeue")
+        return registry.requeue(job)
+
+
+def registry_counts(connection: redis.Redis) -> dict[str, dict[str, int]]:
+    """Per queue: ``queued``, ``started``, ``failed``, ``finished`` job counts (no registry cleanup).
+
+    Raises:
+        QueueUnavailableError: Redis is unreachable.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    with redis_errors(connection):
+        for name in QUEUE_NAMES:
+            queue = get_queue(connection, name)
+            counts[name] = {
+                "queued": queue.count,
+                "started": queue.started_job_registry.get_job_count(cleanup=False),
+                "failed": queue.failed_job_registry.get_job_count(cleanup=False),
+                "finished": queue.finished_job_registry.get_job_count(cleanup=False),
+            }
+    return counts

@@ -1,0 +1,360 @@
+"""Read a Label Studio labeling config: which tags the CoReS backend reads from and writes to.
+
+The backend needs one ``<Image>`` (the picture, from a task data field), one ``<BrushLabels>`` whose
+``toName`` is that image (where each chain level's mask goes) and, optionally, a ``<TextArea>`` whose
+``toName`` is that image (the annotator's query, sent as the interactive context).
+
+Level rule (documented contract): chain level ``k`` (1-based; level 1 = where the target usually is,
+level 2 = the target) is written with the ``k``-th ``<Label>`` of the ``<BrushLabels>`` tag, in document
+order. An explicit mapping (``CORES_LEVEL_LABELS="1=Context,2=Target"``, see ``parse_level_mapping``)
+overrides that for the levels it names.
+
+Parsing uses label-studio-sdk's ``LabelInterface`` (the same tag/label semantics as Label Studio: a
+``<Label>``'s ``alias`` wins over its ``value``), after a hardened lxml pass that rejects DTDs and entities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from lxml import etree
+
+logger = logging.getLogger(__name__)
+
+LEVEL_LABELS_ENV = "CORES_LEVEL_LABELS"
+"""Environment variable holding an explicit level -> label mapping (``"1=Context,2=Target"``)."""
+
+SHIPPED_CONFIG_RESOURCE = "label_config.xml"
+"""The labeling config shipped beside this module."""
+
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
+
+
+class LabelConfigError(ValueError):
+    """A labeling config (or level mapping) the backend cannot use; the message says what it expected."""
+
+
+@dataclass(frozen=True)
+class SegmentationSchema:
+    """The tags of a labeling config that the CoReS backend reads and writes.
+
+    Attributes:
+        image_name: ``name`` of the ``<Image>`` tag (the ``to_name`` of every result).
+        image_field: task data key holding the image URL (``value="$image"`` -> ``"image"``).
+        brush_from_name: ``name`` of the ``<BrushLabels>`` tag on that image (results' ``from_name``).
+        labels: that tag's label values in document order (``alias`` when a ``<Label>`` has one).
+        prompt_from_name: ``name`` of the ``<TextArea>`` on that image (the interactive context's
+            ``from_name``), or None when the config has no prompt box.
+        query_field: task data key the TextArea pre-fills from (``value="$query"`` -> ``"query"``), or None.
+    """
+
+    image_name: str
+    image_field: str
+    brush_from_name: str
+    labels: tuple[str, ...]
+    prompt_from_name: str | None = None
+    query_field: str | None = None
+
+
+def shipped_label_config() -> str:
+    """Return the labeling config shipped with the backend (``backend/label_config.xml``) as a string."""
+    return resources.files("backend").joinpath(SHIPPED_CONFIG_RESOURCE).read_text("utf-8")
+
+
+def _check_xml(config: str) -> str:
+    """Parse ``config`` with a hardened parser; return it without an XML declaration.
+
+    Raises:
+        LabelConfigError: for non-strings, malformed XML, DTDs/entities, or a root other than ``<View>``.
+    """
+    if not isinstance(config, str):
+        raise LabelConfigError(f"expected the labeling config as an XML string, got {type(config).__name__}")
+    text = _XML_DECLARATION.sub("", config, count=1)
+    if not text.strip():
+        raise LabelConfigError(
+            "expected a labeling config XML string (<View>...</View>), got an empty string"
+        )
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LabelConfigError(
+            f"expected the labeling config as text, found a lone surrogate (U+{ord(text[exc.start]):04X}) at "
+            f"character {exc.start}, which no UTF-8 text can hold"
+        ) from None
+    try:
+        root = etree.fromstring(encoded, parser)
+    except etree.XMLSyntaxError as exc:
+        raise LabelConfigError(
+            f"expected well-formed labeling config XML, found a syntax error: {exc}"
+        ) from exc
+    if root.getroottree().docinfo.doctype:
+        raise LabelConfigError("expected a labeling config without a DOCTYPE/DTD, found one")
+    if root.tag != "View":
+        raise LabelConfigError(f"expected the labeling config root tag <View>, found <{root.tag}>")
+    return text
+
+
+def _data_field(value: str | None) -> str | None:
+    """``"$image"`` -> ``"image"``; anything that does not name a task data field -> None."""
+    if value and value.startswith("$") and len(value) > 1:
+        return value[1:]
+    return None
+
+
+def _describe(tags: list[Any]) -> str:
+    """Short human description of parsed tags for error messages: ``<BrushLabels name="x" toName="y">``."""
+    if not tags:
+        return "none"
+    parts = []
+    for tag in tags:
+        to_name = getattr(tag, "to_name", None)
+        target = f' toName="{",".join(to_name)}"' if to_name else ""
+        parts.append(f'<{tag.tag} name="{tag.name}"{target}>')
+    return ", ".join(parts)
+
+
+DEFAULT_CACHE_BYTES = 8 * 1024 * 1024
+"""Default bound of the parsed-config cache, in bytes of config text (``LABEL_CONFIG_CACHE_BYTES``)."""
+
+
+class SchemaCache:
+    """Parsed configs by the SHA-256 of their text, least recently used evicted first, bounded by the total
+    length of the texts they came from (a schema is never larger than its config). A config longer than the
+    bound is parsed every time and not kept. Thread-safe."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[bytes, tuple[SegmentationSchema, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size_bytes(self) -> int:
+        """Total config bytes the cached schemas stand for."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, config: str) -> SegmentationSchema:
+        """``parse_label_config(config)``, from the cache when the same text was parsed before (errors are
+        not cached; they raise again).
+
+        Raises:
+            LabelConfigError: as ``parse_label_config``.
+        """
+        if not isinstance(config, str):
+            return parse_label_config(config)
+        size = len(config)
+        key = hashlib.sha256(config.encode("utf-8", "surrogatepass")).digest()
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found[0]
+        schema = parse_label_config(config)
+        if size > self.max_bytes:
+            return schema
+        with self._lock:
+            if key not in self._entries:
+                self._entries[key] = (schema, size)
+                self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
+        return schema
+
+
+_CACHE = SchemaCache()
+
+
+def configure_schema_cache(max_bytes: int) -> None:
+    """Set the bound of the process's parsed-config cache (``LABEL_CONFIG_CACHE_BYTES``); evicts at once."""
+    with _CACHE._lock:
+        _CACHE.max_bytes = max_bytes
+        while _CACHE._bytes > max_bytes and _CACHE._entries:
+            _, (_, dropped) = _CACHE._entries.popitem(last=False)
+            _CACHE._bytes -= dropped
+
+
+def cached_label_config(config: str) -> SegmentationSchema:
+    """:func:`parse_label_config`, memoised by the config's text in the process's ``SchemaCache``: every
+    /predict and webhook of a project carries the same config."""
+    return _CACHE.get(config)
+
+
+def parse_label_config(config: str) -> SegmentationSchema:
+    """Find the image, brush and prompt tags of a Label Studio labeling config.
+
+    Args:
+        config: the labeling config XML (``project.label_config``, ``/setup``'s ``schema``).
+
+    Returns:
+        The ``SegmentationSchema``. With several BrushLabels tags on images, the first in document order
+        wins (and its image); with several TextAreas on that image, the first wins.
+
+    Raises:
+        LabelConfigError: malformed XML; no ``<Image>``; an Image whose ``value`` does not name a task
+            field (``$field``); no ``<BrushLabels>`` with ``toName`` set to an Image; a BrushLabels with no
+            ``<Label>``.
+    """
+    from label_studio_sdk.label_interface import LabelInterface
+
+    text = _check_xml(config)
+    try:
+        interface = LabelInterface(text)
+    except Exception as exc:  # the SDK raises assorted exception types for configs it cannot read
+        raise LabelConfigError(f"expected a labeling config Label Studio can parse, found: {exc}") from exc
+
+    images = {obj.name: obj for obj in interface.objects if obj.tag.lower() == "image"}
+    if not images:
+        found = ", ".join(sorted({f"<{obj.tag}>" for obj in interface.objects})) or "no object tags"
+        raise LabelConfigError(f"expected an <Image> tag in the labeling config, found {found}")
+
+    controls = list(interface.controls)
+    brushes = [c for c in controls if c.tag.lower() == "brushlabels"]
+    on_image = [c for c in brushes if any(name in images for name in c.to_name)]
+    if not on_image:
+        raise LabelConfigError(
+            f"expected a <BrushLabels> tag with toName set to an <Image> ({', '.join(sorted(images))}), "
+            f"found {_describe(brushes)}"
+        )
+    if len(on_image) > 1:
+        logger.warning("config has %d BrushLabels tags on images; using %r", len(on_image), on_image[0].name)
+    brush = on_image[0]
+    image_name = next(name for name in brush.to_name if name in images)
+    image = images[image_name]
+
+    if "valueList" in image.attr:
+        raise LabelConfigError(
+            f'expected <Image name="{image_name}"> to show one image (value="$field"), found valueList='
+            f'"{image.attr["valueList"]}" (multi-image tasks are not supported)'
+        )
+    image_field = _data_field(image.attr.get("value"))
+    if image_field is None:
+        raise LabelConfigError(
+            f'expected <Image name="{image_name}"> value to name a task data field like "$image", '
+            f'found value="{image.attr.get("value", "")}"'
+        )
+
+    labels = tuple(brush.labels or ())
+    if not labels:
+        raise LabelConfigError(
+            f'expected <BrushLabels name="{brush.name}"> to hold at least one <Label value="...">, found none'
+        )
+
+    prompts = [c for c in controls if c.tag.lower() == "textarea" and image_name in c.to_name]
+    prompt = prompts[0] if prompts else None
+    schema = SegmentationSchema(
+        image_name=image_name,
+        image_field=image_field,
+        brush_from_name=brush.name,
+        labels=labels,
+        prompt_from_name=prompt.name if prompt is not None else None,
+        query_field=_data_field(prompt.attr.get("value")) if prompt is not None else None,
+    )
+    logger.debug("parsed labeling config: %s", schema)
+    return schema
+
+
+def parse_level_mapping(text: str | None) -> dict[int, str]:
+    """Parse an explicit chain-level -> label mapping, e.g. from ``CORES_LEVEL_LABELS``.
+
+    Accepted forms: ``"1=Context,2=Target"`` (whitespace around items is ignored; a label may contain
+    ``=`` but not ``,``) or a JSON object ``{"1": "Context", "2": "Target"}`` (for labels with commas).
+    An empty or blank string means no mapping.
+
+    Returns:
+        ``{level: label}`` with 1-based levels.
+
+    Raises:
+        LabelConfigError: for items without ``=``, levels that are not integers >= 1, empty labels, or a
+            level given twice.
+    """
+    if text is None or not text.strip():
+        return {}
+    stripped = text.strip()
+    pairs: list[tuple[str, Any]]
+    if stripped.startswith("{"):
+        try:
+            loaded = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise LabelConfigError(
+                f"expected a JSON object level mapping, found invalid JSON: {exc}"
+            ) from exc
+        if not isinstance(loaded, dict):
+            raise LabelConfigError(f"expected a JSON object level mapping, found {type(loaded).__name__}")
+        pairs = [(str(k), v) for k, v in loaded.items()]
+    else:
+        pairs = []
+        for item in stripped.split(","):
+            if not item.strip():
+                continue
+            level_text, sep, label = item.partition("=")
+            if not sep:
+                raise LabelConfigError(
+                    f'expected level mapping items like "1=Context", found "{item.strip()}"'
+                )
+            pairs.append((level_text, label))
+
+    mapping: dict[int, str] = {}
+    for level_text, label in pairs:
+        try:
+            level = int(level_text.strip())
+        except ValueError:
+            level = 0
+        if level < 1:
+            raise LabelConfigError(f'expected a chain level as an integer >= 1, found "{level_text.strip()}"')
+        if not isinstance(label, str) or not label.strip():
+            raise LabelConfigError(f"expected a non-empty label for level {level}, found {label!r}")
+        if level in mapping:
+            raise LabelConfigError(
+                f"expected each level once in the level mapping, found level {level} twice"
+            )
+        mapping[level] = label.strip()
+    return mapping
+
+
+def level_labels(
+    schema: SegmentationSchema, n_levels: int, mapping: dict[int, str] | None = None
+) -> list[str]:
+    """Return the label for each chain level 1..``n_levels`` (list index 0 is level 1).
+
+    Level ``k`` gets ``mapping[k]`` when the mapping names it, otherwise the ``k``-th label of the
+    BrushLabels tag (``schema.labels[k - 1]``). Mapping entries for levels above ``n_levels`` are unused.
+
+    Raises:
+        LabelConfigError: ``n_levels < 1``; a mapped label that is not one of the BrushLabels labels; an
+            unmapped level ``k`` while the tag has fewer than ``k`` labels.
+    """
+    if n_levels < 1:
+        raise LabelConfigError(f"expected at least one chain level, got {n_levels}")
+    mapping = mapping or {}
+    for level, label in sorted(mapping.items()):
+        if label not in schema.labels:
+            raise LabelConfigError(
+                f'level {level} is mapped to label "{label}", but '
+                f'<BrushLabels name="{schema.brush_from_name}"> has only {list(schema.labels)}'
+            )
+    result = []
+    for level in range(1, n_levels + 1):
+        if level in mapping:
+            result.append(mapping[level])
+        elif level <= len(schema.labels):
+            result.append(schema.labels[level - 1])
+        else:
+            raise LabelConfigError(
+                f'the chain has {n_levels} levels but <BrushLabels name="{schema.brush_from_name}"> has only '
+                f"{len(schema.labels)} labels {list(schema.labels)}; add a <Label> per level or map level "
+                f'{level} explicitly with {LEVEL_LABELS_ENV}="{level}=<label>"'
+            )
+    return result

@@ -1,0 +1,153 @@
+"""Format a CoReS chain result as a Label Studio prediction: one ``brushlabels`` region per chain level.
+
+A prediction for one task looks like::
+
+    {"model_version": "cores-v1", "score": 0.87,              # score of the final level (the target)
+     "result": [{"id": "k3J9x0aQ2c", "from_name": "tag", "to_name": "image", "type": "brushlabels",
+                 "original_width": 640, "original_height": 480, "image_rotation": 0,
+                 "value": {"format": "rle", "rle": [...], "brushlabels": ["Context (level 1)"]},
+                 "score": 0.91, "meta": {"text": ["a kitchen counter"]}, "readonly": False}, ...]}
+
+Each level's chain text goes into the region's ``meta``: Label Studio keeps a region's free-text note
+(the "Meta" box of the region panel) as ``"meta": {"text": ["..."]}`` on the result item, so the
+annotator sees the reasoning beside each mask and it survives into the submitted annotation.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from backend.label_studio.label_config import SegmentationSchema, level_labels
+from backend.label_studio.rle import decode_mask, encode_mask
+
+logger = logging.getLogger(__name__)
+
+RESULT_TYPE = "brushlabels"
+_ID_BYTES = 8  # 8 random bytes -> 11 url-safe characters
+
+
+def new_region_id(taken: set[str] | None = None) -> str:
+    """Return a short random region id (url-safe, 11 characters) not in ``taken``."""
+    taken = taken or set()
+    while True:
+        region_id = secrets.token_urlsafe(_ID_BYTES)
+        if region_id not in taken:
+            return region_id
+
+
+def _level_mask(level: Mapping[str, Any], height: int, width: int) -> np.ndarray:
+    """Return a level's mask as an HxW bool array, checking its shape against the image size."""
+    mask = np.asarray(level["mask"])
+    if mask.shape != (height, width):
+        raise ValueError(
+            f"level {level.get('index')} mask has shape {mask.shape}, expected (height, width) = "
+            f"({height}, {width}) of the original image"
+        )
+    if mask.dtype != np.bool_:
+        mask = mask != 0
+    return mask
+
+
+def build_prediction(
+    levels: Sequence[Mapping[str, Any]],
+    schema: SegmentationSchema,
+    width: int,
+    height: int,
+    model_version: str,
+    mapping: dict[int, str] | None = None,
+) -> dict[str, Any]:
+    """Build the Label Studio prediction for one task from a CoReS chain result.
+
+    Args:
+        levels: one dict per chain level with ``mask`` (HxW bool array at the original image size, or
+            anything ``np.asarray`` turns into one; nonzero = foreground), ``score`` (float), ``text``
+            (the chain's text for that level), ``index`` (1-based level) and ``token`` (the segmentation
+            token that produced it; not written to Label Studio).
+        schema: the parsed labeling config (``backend.label_studio.label_config.parse_label_config``).
+        width: original image width in pixels.
+        height: original image height in pixels.
+        model_version: written to the prediction (Label Studio compares it with the backend's version).
+        mapping: explicit level -> label overrides (``parse_level_mapping``); by default level k gets the
+            k-th label of the BrushLabels tag.
+
+    Returns:
+        A JSON-safe prediction dict: ``model_version``, ``score`` (the score of the highest level, the
+        chain's final answer) and ``result`` with one region per level, in level order, each with a unique
+        id. A level with an empty mask still gets its (empty) region, so every level is accounted for.
+
+    Raises:
+        ValueError: no levels, duplicate or non-positive level indices, a mask not of shape (height, width).
+        backend.label_studio.label_config.LabelConfigError: a level without a label (see ``level_labels``).
+    """
+    if not levels:
+        raise ValueError("expected at least one chain level, got none")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"expected a positive image size, got width={width} height={height}")
+    ordered = sorted(levels, key=lambda level: int(level["index"]))
+    indices = [int(level["index"]) for level in ordered]
+    if indices[0] < 1 or len(set(indices)) != len(indices):
+        raise ValueError(f"expected distinct 1-based level indices, got {indices}")
+    labels = level_labels(schema, indices[-1], mapping)
+
+    taken: set[str] = set()
+    regions = []
+    for level, index in zip(ordered, indices, strict=True):
+        mask = _level_mask(level, height, width)
+        region_id = new_region_id(taken)
+        taken.add(region_id)
+        region: dict[str, Any] = {
+            "id": region_id,
+            "from_name": schema.brush_from_name,
+            "to_name": schema.image_name,
+            "type": RESULT_TYPE,
+            "original_width": int(width),
+            "original_height": int(height),
+            "image_rotation": 0,
+            "value": {"format": "rle", "rle": encode_mask(mask), "brushlabels": [labels[index - 1]]},
+            "score": float(level["score"]),
+            "readonly": False,
+        }
+        text = str(level.get("text") or "").strip()
+        if text:
+            region["meta"] = {"text": [text]}
+        regions.append(region)
+        logger.debug("level %d -> %r: %d pixels", index, labels[index - 1], int(mask.sum()))
+
+    return {"model_version": model_version, "score": float(ordered[-1]["score"]), "result": regions}
+
+
+def decode_prediction(result_items: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Decode the brush regions of a prediction's or annotation's ``result`` into one mask per label.
+
+    Items of other types (e.g. the textarea prompt) are skipped. Several regions with the same label are
+    merged with a logical OR.
+
+    Returns:
+        ``{label: HxW bool mask}`` at each region's ``original_height`` x ``original_width``.
+
+    Raises:
+        ValueError: a brush region whose RLE does not match its size, or same-label regions of
+            different sizes.
+    """
+    masks: dict[str, np.ndarray] = {}
+    for item in result_items:
+        if str(item.get("type", "")).lower() != RESULT_TYPE:
+            continue
+        value = item["value"]
+        mask = decode_mask(value["rle"], int(item["original_height"]), int(item["original_width"]))
+        for label in value.get("brushlabels", []):
+            if label in masks:
+                if masks[label].shape != mask.shape:
+                    raise ValueError(
+                        f'regions labelled "{label}" have different sizes: '
+                        f"{masks[label].shape} and {mask.shape}"
+                    )
+                masks[label] = masks[label] | mask
+            else:
+                masks[label] = mask
+    return masks

@@ -1,0 +1,332 @@
+"""``CoresPipeline``: image in, query in, every chain level's mask out.
+
+``set_image`` runs the two image encoders once (SAM ViT and CLIP) and caches their outputs by content hash;
+``segment`` runs the language model and SAM's decoder per query. Two modes:
+
+* ``answer`` (default): one forward pass over the prompt with the fixed chain answer (CoReS's evaluation
+  protocol); deterministic, no decode loop.
+* ``generate``: greedy KV-cached generation; the chain text is the model's own, masks come from the hidden
+  states that emitted the chain tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cores.checkpoints.loading import LoadedCheckpoint, load_checkpoint
+from cores.errors import ChainError, ImageError, QueryError
+from cores.inference.devices import resolve_device, resolve_dtype
+from cores.inference.images import load_image
+from cores.inference.result import ChainResult, LevelResult, split_levels
+from cores.modeling.model import AllowedTokensFn, PrefixCache
+from cores.modeling.prompts import chain_answer, style_for_chain
+from cores.modeling.queries import MAX_QUERY_CHARS
+from cores.modeling.sam import SamInput, prepare_sam_input, sam_batch, upscale_logits
+from cores.modeling.sam_attention import use_sdpa
+from cores.modeling.tokenizer import IMAGE_TOKEN_ID, decode_chain_text, prompt_token_ids
+from cores.modeling.vision import clip_pixels
+
+logger = logging.getLogger(__name__)
+
+MODES = ("answer", "generate")
+__all__ = ["MAX_QUERY_CHARS", "MODES", "CoresPipeline", "ImageState", "image_key", "load_image"]
+
+
+@dataclass
+class ImageState:
+    """Per-image work shared by every query: SAM embedding 1xCxGxG, projected CLIP tokens PxH."""
+
+    key: str
+    sam_input: SamInput
+    sam_embedding: torch.Tensor
+    clip_tokens: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.sam_embedding, self.clip_tokens)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        found = (getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__))
+        raise ImageError(f"expected an HxWx3 uint8 RGB array, found shape/dtype {found}")
+    if min(image.shape[:2]) < 1:
+        raise ImageError(f"image has no pixels: shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def image_key(image: np.ndarray) -> str:
+    """Content hash of an image array (shape + pixels)."""
+    digest = hashlib.sha256(str(image.shape).encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+class CoresPipeline:
+    """Segment by reasoning: ``pipe.segment(image, "what would you cut the bread with?")``.
+
+    Args:
+        checkpoint: a loaded checkpoint (see :meth:`from_pretrained`).
+        cache_bytes: memory bound of the per-image cache (SAM embedding + CLIP tokens); 0 disables it.
+        max_new_tokens: generation budget in ``generate`` mode.
+        prefix_cache: reuse the keys/values of the prompt part before the image (system prompt and
+            in-context example) across queries.
+        sam_sdpa: run SAM's image-encoder attention through ``scaled_dot_product_attention``.
+    """
+
+    def __init__(
+        self,
+        checkpoint: LoadedCheckpoint,
+        *,
+        cache_bytes: int = 2 * 2**30,
+        max_new_tokens: int = 64,
+        prefix_cache: bool = True,
+        sam_sdpa: bool = True,
+    ):
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model
+        self.tokenizer = checkpoint.tokenizer
+        self.chain_tokens = checkpoint.model.chain_tokens
+        self.style = style_for_chain(self.chain_tokens)
+        self.answer = chain_answer(self.chain_tokens)
+        self.max_new_tokens = max_new_tokens
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[str, ImageState] = OrderedDict()
+        self._img_size = self.model.sam.image_encoder.img_size
+        self.use_prefix_cache = prefix_cache
+        self._prefix: PrefixCache | None = None
+        use_sdpa(self.model.sam, sam_sdpa)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | Path,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        vision_tower: str | None = None,
+        **kwargs: Any,
+    ) -> CoresPipeline:
+        """Load a checkpoint folder or hub id (see :func:`cores.checkpoints.loading.load_checkpoint`)."""
+        dev = resolve_device(device)
+        loaded = load_checkpoint(
+            checkpoint, device=dev, dtype=resolve_dtype(dtype, dev), vision_tower=vision_tower
+        )
+        return cls(loaded, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # --- images -------------------------------------------------------------------------------------
+    def set_image(self, image: np.ndarray) -> ImageState:
+        """Encode an HxWx3 uint8 RGB image with SAM and CLIP, or return the cached encodings."""
+        return self.set_images([image])[0]
+
+    def set_images(self, images: Sequence[np.ndarray]) -> list[ImageState]:
+        """Encode several images; the ones not in the cache go through each encoder as one batch."""
+        return self._encode(images)[0]
+
+    @torch.no_grad()
+    def _encode(self, images: Sequence[np.ndarray]) -> tuple[list[ImageState], int]:
+        """(states, number of cache hits)."""
+        checked = [_check_image(image) for image in images]
+        keys = [image_key(image) for image in checked]
+        fresh: dict[str, np.ndarray] = {}
+        for key, image in zip(keys, checked, strict=True):
+            if key not in self._cache:
+                fresh.setdefault(key, image)
+        encoded: dict[str, ImageState] = {}
+        if fresh:
+            sam_inputs = [prepare_sam_input(image, self._img_size) for image in fresh.values()]
+            sam = self.model.encode_sam(sam_batch(sam_inputs, self._img_size, self.device))
+            pixels = torch.cat([clip_pixels(self.checkpoint.image_processor, im) for im in fresh.values()])
+            clip = self.model.encode_clip(pixels)
+            for i, (key, prepared) in enumerate(zip(fresh, sam_inputs, strict=True)):
+                encoded[key] = ImageState(key, prepared.sizes_only(), sam[i : i + 1], clip[i])
+        states = []
+        for key in keys:
+            state = encoded.get(key) or self._cache[key]
+            states.append(state)
+            if self.cache_bytes > 0:
+                self._cache[key] = state
+                self._cache.move_to_end(key)
+        while len(self._cache) > 1 and sum(s.nbytes for s in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+        return states, len(keys) - sum(key in fresh for key in keys)
+
+    def clear_cache(self) -> None:
+        """Forget every cached image encoding."""
+        self._cache.clear()
+
+    # --- queries ------------------------------------------------------------------------------------
+    def prompt_ids(self, query: str, *, is_sentence: bool | None, with_answer: bool) -> torch.Tensor:
+        """Token ids of the full prompt for ``query`` (one image slot).
+
+        The query is only stripped (see :func:`cores.modeling.queries.check_query`); the ids are those
+        transformers 4.31's slow LLaMA tokenizer gives (see :mod:`cores.modeling.llama_tokenizer`).
+
+        Raises:
+            QueryError: an empty or invisible query, one holding a special token or a lone surrogate, or a
+                prompt that does not fit the language model's context.
+        """
+        ids = prompt_token_ids(
+            self.tokenizer, query, self.chain_tokens, is_sentence=is_sentence, with_answer=with_answer
+        )
+        limit = self.model.llm.config.max_position_embeddings
+        image_tokens = self.model.image_token_count
+        total = len(ids) - 1 + image_tokens + (0 if with_answer else self.max_new_tokens)
+        if total > limit:
+            raise QueryError(
+                f"the query is too long: the prompt needs {total} positions with the image "
+                f"({image_tokens} tokens), the model's context holds {limit}"
+            )
+        return torch.tensor(ids, dtype=torch.long)
+
+    @torch.no_grad()
+    def segment(
+        self,
+        image: np.ndarray,
+        query: str,
+        *,
+        is_sentence: bool | None = None,
+        mode: str = "answer",
+        allowed_tokens: AllowedTokensFn | None = None,
+    ) -> ChainResult:
+        """Every chain level's mask for one query on one image.
+
+        Args:
+            image: HxWx3 uint8 RGB.
+            query: free-form text; ``is_sentence`` picks the template (None: guessed).
+            mode: ``answer`` (one teacher-forced pass) or ``generate`` (greedy decoding).
+            allowed_tokens: optional constraint on generated tokens (``generate`` only).
+
+        Raises:
+            ImageError, QueryError, ChainError; ValueError for an unknown mode.
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if mode == "answer":
+            return self.segment_batch([(image, query, is_sentence)])[0]
+        start = time.perf_counter()
+        encodings, hit = self._encode([image])
+        state = encodings[0]
+        encoded = time.perf_counter()
+        full_ids = self.prompt_ids(query, is_sentence=is_sentence, with_answer=False)
+        prefix, suffixes = self._split_prefix([full_ids])
+        embeds, _ = self.model.embed_sequence(suffixes[0], state.clip_tokens)
+        eos_id = self.tokenizer.eos_token_id
+        assert eos_id is not None, "load_tokenizer refuses tokenizers without EOS"
+        gen = self.model.generate_chain(
+            embeds,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=eos_id,
+            allowed_tokens=allowed_tokens,
+            prefix=prefix,
+        )
+        text = self._decode_text(gen.token_ids)
+        if gen.emitted() != list(self.model.chain_token_ids):
+            produced = self.tokenizer.convert_ids_to_tokens(gen.emitted())
+            raise ChainError(
+                f"the model's answer has chain tokens {produced}, expected {list(self.chain_tokens)} "
+                f"once each in order; it answered: {text!r}"
+            )
+        llm_done = time.perf_counter()
+        result = self._masks([state], gen.chain_states.unsqueeze(0), [query], [text], "generate")[0]
+        result.timings.update(self._timings(start, encoded, llm_done, hit))
+        return result
+
+    @torch.no_grad()
+    def segment_batch(self, items: Sequence[tuple[np.ndarray, str, bool | None]]) -> list[ChainResult]:
+        """``answer`` mode for many (image, query, is_sentence) items: one language-model pass for all."""
+        start = time.perf_counter()
+        states, hits = self._encode([image for image, _, _ in items])
+        encoded = time.perf_counter()
+        all_ids = [self.prompt_ids(q, is_sentence=s, with_answer=True) for _, q, s in items]
+        prefix, all_ids = self._split_prefix(all_ids)
+        embeds, expanded = [], []
+        for ids, state in zip(all_ids, states, strict=True):
+            e, x = self.model.embed_sequence(ids, state.clip_tokens)
+            embeds.append(e)
+            expanded.append(x)
+        hidden = self.model.hidden_states(embeds, prefix)
+        chain_states = torch.stack(
+            [self.model.select_chain_states(h, x) for h, x in zip(hidden, expanded, strict=True)]
+        )
+        llm_done = time.perf_counter()
+        queries = [query for _, query, _ in items]
+        results = self._masks(states, chain_states, queries, [self.answer] * len(items), "answer")
+        for result in results:
+            result.timings.update(self._timings(start, encoded, llm_done, hits == len(items)))
+        return results
+
+    # --- helpers ------------------------------------------------------------------------------------
+    def _split_prefix(self, all_ids: list[torch.Tensor]) -> tuple[PrefixCache | None, list[torch.Tensor]]:
+        """Cut the shared part before the image slot off every prompt and return its (cached) keys/values.
+
+        The text before ``<image>`` is tokenised on its own (LLaVA's rule), so it is the same token ids for
+        every query of a prompt style; a prompt whose prefix differs is an invariant violation.
+        """
+        if not self.use_prefix_cache:
+            return None, all_ids
+        slot = int((all_ids[0] == IMAGE_TOKEN_ID).nonzero()[0])
+        prefix_ids = all_ids[0][:slot]
+        for ids in all_ids:
+            assert torch.equal(ids[:slot], prefix_ids), "prompts of one style share their prefix"
+        if self._prefix is None or self._prefix.ids != tuple(prefix_ids.tolist()):
+            self._prefix = self.model.prefix_cache(prefix_ids)
+        return self._prefix, [ids[slot:] for ids in all_ids]
+
+    def _masks(
+        self,
+        states: list[ImageState],
+        chain_states: torch.Tensor,
+        queries: list[str],
+        texts: list[str],
+        mode: str,
+    ) -> list[ChainResult]:
+        """BxNxH chain states, one image state per item -> B results with full-size masks (one SAM-decoder
+        call per level for the whole batch)."""
+        started = time.perf_counter()
+        prompts = self.model.seg_embeddings(chain_states)
+        low_res, scores = self.model.decode_chain(torch.cat([s.sam_embedding for s in states]), prompts)
+        scores = scores.float().cpu()
+        results = []
+        for b, (state, query, text) in enumerate(zip(states, queries, texts, strict=True)):
+            logits = upscale_logits(self.model.sam, low_res[b].unsqueeze(1), state.sam_input)
+            masks = (logits[:, 0] > 0).cpu().numpy()
+            pieces = split_levels(text, self.chain_tokens)
+            levels = [
+                LevelResult(index=k + 1, token=tok, mask=masks[k], score=float(scores[b, k]), text=pieces[k])
+                for k, tok in enumerate(self.chain_tokens)
+            ]
+            result = ChainResult(query=query, levels=levels, text=text, mode=mode)
+            result.timings["masks"] = (time.perf_counter() - started) * 1000
+            results.append(result)
+        return results
+
+    def _decode_text(self, ids: list[int]) -> str:
+        try:
+            return decode_chain_text(self.tokenizer, ids)
+        except ValueError as exc:
+            raise ChainError(f"the model generated a token the tokenizer cannot decode: {exc}") from exc
+
+    @staticmethod
+    def _timings(start: float, encoded: float, llm_done: float, hit: bool | int) -> dict[str, float]:
+        return {
+            "encode_images": (encoded - start) * 1000,
+            "language_model": (llm_done - encoded) * 1000,
+            "total": (time.perf_counter() - start) * 1000,
+            "image_cache_hit": float(hit),
+        }
