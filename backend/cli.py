@@ -11,7 +11,8 @@
 - ``webhooks ensure|secret --project ID``: put this backend's credentials (basic auth, else the project's
   webhook secret) on Label Studio's webhooks to it, or print them (``backend.label_studio.webhook_auth``; the
   web also does it after ``/setup``).
-- ``train [--project ID] [--steps N] ...``: enqueue one fine-tune on the corrections (``backend.model_cli``).
+- ``train [--project ID] [--steps N] ...``: enqueue one fine-tune on the corrections
+  (``backend.training.cli``).
 - ``versions list|current|promote NAME|pin NAME|unpin|rollback|reset [--project N]``: the model versions
   under ``MODEL_DIR/versions`` and which one each project is served.
 
@@ -27,9 +28,10 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 
-from backend.jobs.queues import QUEUE_NAMES, QueueUnavailableError, connect
-from backend.operations.arg_types import label_studio_id
+from backend.jobs.queues import QUEUE_NAMES, QueueUnavailableError
+from backend.operations.command_line import label_studio_id
 from backend.operations.logs import configure_logging
+from backend.operations.redis_client import connect
 from backend.operations.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -135,10 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from backend.label_studio.webhook_auth import main as webhooks_main
 
         return webhooks_main(args_list[1:])
-    if args_list and args_list[0] in ("train", "versions"):
-        from backend.model_cli import train_main, versions_main
+    if args_list and args_list[0] == "train":
+        from backend.training.cli import train_main
 
-        return (train_main if args_list[0] == "train" else versions_main)(args_list[1:])
+        return train_main(args_list[1:])
+    if args_list and args_list[0] == "versions":
+        from backend.versions.cli import versions_main
+
+        return versions_main(args_list[1:])
     args = build_parser().parse_args(args_list)
     try:
         settings = Settings.from_env()

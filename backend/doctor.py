@@ -105,10 +105,9 @@ def check_redis(settings: Settings) -> list[Check]:
     from backend.jobs.queues import (
         QUEUE_NAMES,
         QueueUnavailableError,
-        connect,
-        describe_connection,
         registry_counts,
     )
+    from backend.operations.redis_client import connect, describe_connection
 
     if settings.redis_url is None:
         note = "REDIS_URL is not set: `serve` runs an embedded Redis and one worker under MODEL_DIR/queue"
@@ -173,7 +172,7 @@ def check_redis(settings: Settings) -> list[Check]:
 def check_label_studio(settings: Settings) -> list[Check]:
     """Label Studio answers ``/api/version``; the API key is accepted by ``/api/current-user/whoami``."""
     from backend.images.errors import ImageFetchError
-    from backend.label_studio.auth import LabelStudioAuth
+    from backend.images.label_studio_auth import LabelStudioAuth
 
     url = settings.label_studio_url.rstrip("/") if settings.label_studio_url else None
     if url is None:
@@ -252,8 +251,8 @@ def _json_field(response: requests.Response, key: str) -> str | None:
 
 def check_checkpoint(settings: Settings) -> list[Check]:
     """The served checkpoint's files: config.json, weights (all shards), tokenizer, CLIP vision tower."""
+    from backend.operations.version_names import VersionError
     from backend.versions.serving import demo_checkpoint_dir, served_version
-    from backend.versions.store import VersionError
 
     if settings.checkpoint is None:
         demo = demo_checkpoint_dir(settings)

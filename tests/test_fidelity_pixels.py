@@ -1,8 +1,7 @@
 """CLIP pixels bit-identical to the trained stack: the product's processor against transformers 4.31's
 ``CLIPImageProcessor``, run live in ``.venv-ref``, on the same decoded RGB arrays (the product's own decoding,
 ``cores.inference.images.load_image``, handed to both as ``.npy``), for the tiny tower's config and for the
-real
-``openai/clip-vit-large-patch14`` preprocessor config."""
+real ``openai/clip-vit-large-patch14`` preprocessor config."""
 
 from __future__ import annotations
 
@@ -16,8 +15,9 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil
 
 from cores.checkpoints.loading import load_checkpoint
+from cores.checkpoints.vision_tower import load_image_processor
 from cores.inference.images import load_image
-from cores.modeling.vision import clip_pixels, load_image_processor
+from cores.modeling.vision import clip_pixels
 from tests.reference_env import run_reference
 
 #: ``preprocessor_config.json`` of ``openai/clip-vit-large-patch14`` as published (legacy integer sizes).

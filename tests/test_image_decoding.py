@@ -1,7 +1,6 @@
 """``cores.inference.images.load_image`` decodes every file as the backend's fetcher does (one documented
 rule: EXIF applied, transparency composited onto white, 16-bit grey's high byte), so the command line,
-evaluation
-and fine-tuning see the pixels the served model sees."""
+evaluation and fine-tuning see the pixels the served model sees."""
 
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ from backend.label_studio.label_config import (
     SegmentationSchema,
     level_labels,
     parse_label_config,
-    parse_level_mapping,
     shipped_label_config,
 )
+from backend.operations.level_labels import LevelMappingError, parse_level_mapping
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -240,7 +240,7 @@ def test_parse_level_mapping(text: str | None, expected: dict[int, str]) -> None
     ],
 )
 def test_parse_level_mapping_errors(text: str, expected: str) -> None:
-    with pytest.raises(LabelConfigError, match=expected):
+    with pytest.raises(LevelMappingError, match=expected):
         parse_level_mapping(text)
 
 

@@ -18,8 +18,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from cores.checkpoints.layout import CLIP_HUB_ID, CORES_TRAINING_TOWER, resolve_vision_tower
+from cores.checkpoints.vision_tower import load_vision_tower, read_vision_tower
 from cores.errors import CheckpointError
-from cores.modeling.vision import load_vision_tower, read_vision_tower
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]

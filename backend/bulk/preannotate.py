@@ -28,8 +28,8 @@ from backend.label_studio.label_config import SegmentationSchema, parse_label_co
 from backend.label_studio.queries import check_query, resolve_image_url
 from backend.label_studio.task_errors import TaskError
 from backend.operations.settings import Settings
+from backend.operations.version_names import VersionError
 from backend.versions.serving import served_version
-from backend.versions.store import VersionError
 
 logger = logging.getLogger(__name__)
 

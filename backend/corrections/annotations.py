@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from backend.corrections.records import CorrectionError, pack_mask, unpack_mask, utc_iso
-from backend.label_studio.ids import id_or_none
-from backend.label_studio.label_config import SegmentationSchema
+from backend.label_studio.label_config import SegmentationSchema, label_levels
 from backend.label_studio.rle import decode_mask
+from backend.label_studio.webhook_payloads import annotation_task, json_object
+from backend.operations.ids import id_or_none
 from cores.evaluation.metrics import mask_iou
 
 logger = logging.getLogger(__name__)
@@ -55,35 +56,6 @@ class PendingRecord:
 
     values: dict[str, Any]
     levels: list[tuple[Any, ...]]
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    """``value`` when it is a JSON object, else an empty one."""
-    return value if isinstance(value, Mapping) else {}
-
-
-def _as_int(value: Any) -> int | None:
-    """An id (``backend.label_studio.ids``), also of an object's ``id`` (Label Studio sends some references as
-    ``{"id": ...}``); None when it is not one."""
-    return id_or_none(value)
-
-
-def label_levels(
-    schema: SegmentationSchema, mapping: dict[int, str] | None = None, n_levels: int | None = None
-) -> dict[str, int]:
-    """Which chain level each BrushLabels label stands for: the inverse of ``label_config.level_labels``.
-
-    Level ``k`` is ``mapping[k]`` when mapped, else the ``k``-th label. Labels past ``n_levels`` (when
-    given) name no level; a label that would name two levels keeps the lower one.
-    """
-    mapping = mapping or {}
-    top = n_levels if n_levels is not None else max([len(schema.labels), *mapping])
-    result: dict[str, int] = {}
-    for level in range(1, top + 1):
-        label = mapping.get(level) or (schema.labels[level - 1] if level <= len(schema.labels) else None)
-        if label is not None:
-            result.setdefault(label, level)
-    return result
 
 
 class MaskBudget:
@@ -135,7 +107,7 @@ def _brush_regions(
             continue
         if item.get("from_name") != schema.brush_from_name:
             continue
-        value = _mapping(item.get("value"))
+        value = json_object(item.get("value"))
         names = [lbl for lbl in value.get("brushlabels") or [] if lbl in levels]
         if not names:
             logger.debug(
@@ -187,21 +159,21 @@ def _find_prediction(
     prediction, the newest of ``task.predictions`` with regions for this BrushLabels tag.
     """
     embedded = annotation.get("prediction")
-    pred_id = _as_int(annotation.get("parent_prediction"))
+    pred_id = id_or_none(annotation.get("parent_prediction"))
     if pred_id is None:
-        pred_id = _as_int(embedded)
+        pred_id = id_or_none(embedded)
     listed = [p for p in task.get("predictions") or [] if isinstance(p, Mapping)]
     if pred_id is not None:
         for candidate in listed:
-            if _as_int(candidate.get("id")) == pred_id:
+            if id_or_none(candidate.get("id")) == pred_id:
                 return candidate, pred_id
     if isinstance(embedded, Mapping) and _has_brush(embedded, schema):
         return embedded, pred_id
     if pred_id is None:
         usable = [p for p in listed if _has_brush(p, schema)]
         if usable:
-            newest = max(usable, key=lambda p: (str(p.get("created_at") or ""), _as_int(p.get("id")) or 0))
-            return newest, _as_int(newest.get("id"))
+            newest = max(usable, key=lambda p: (str(p.get("created_at") or ""), id_or_none(p.get("id")) or 0))
+            return newest, id_or_none(newest.get("id"))
     return None, pred_id
 
 
@@ -216,7 +188,7 @@ def _query(annotation: Mapping[str, Any], task: Mapping[str, Any], schema: Segme
         for text in [texts] if isinstance(texts, str) else texts:
             if isinstance(text, str) and text.strip():
                 return text.strip()
-    data = _mapping(task.get("data"))
+    data = json_object(task.get("data"))
     if (
         schema.query_field
         and isinstance(data.get(schema.query_field), str)
@@ -255,24 +227,22 @@ def parse_annotation(
     annotation = payload.get("annotation")
     if not isinstance(annotation, Mapping):
         raise CorrectionError(f"{payload.get('action')} payload has no 'annotation' object")
-    task = _mapping(payload.get("task"))
-    annotation_id = _as_int(annotation.get("id"))
+    task = json_object(payload.get("task"))
+    annotation_id = id_or_none(annotation.get("id"))
     if annotation_id is None:
         raise CorrectionError("annotation.id is missing or not an integer")
-    task_id = _as_int(annotation.get("task")) or _as_int(task.get("id"))
+    project_id, task_id = annotation_task(payload)
     if task_id is None:
         raise CorrectionError(f"annotation {annotation_id}: no task id (annotation.task or task.id)")
     updated_at = annotation.get("updated_at")
     if not isinstance(updated_at, str) or not updated_at.strip():
         raise CorrectionError(f"annotation {annotation_id}: updated_at is missing (it is the revision)")
-    project = payload.get("project")
-    project_id = _as_int(project) or _as_int(annotation.get("project")) or _as_int(task.get("project"))
 
     levels = label_levels(schema, mapping, n_levels)
     budget = MaskBudget(max_mask_pixels)
     accepted = _brush_regions(annotation.get("result"), schema, levels, f"annotation {annotation_id}", budget)
     source, prediction_id = (
-        (prediction, _as_int(prediction.get("id")))
+        (prediction, id_or_none(prediction.get("id")))
         if prediction is not None
         else (_find_prediction(annotation, task, schema))
     )
@@ -286,11 +256,11 @@ def parse_annotation(
             if prediction is not None:
                 raise
             logger.warning("annotation %s: ignoring an unreadable prediction: %s", annotation_id, exc)
-    embedded = _mapping(annotation.get("prediction"))
+    embedded = json_object(annotation.get("prediction"))
     model_version = (source or {}).get("model_version") or embedded.get("model_version") or None
 
     rows, final_iou = _level_rows(accepted, predicted, annotation_id)
-    data = _mapping(task.get("data"))
+    data = json_object(task.get("data"))
     image_ref = data.get(schema.image_field)
     created_at = annotation.get("created_at")
     values = {
@@ -359,22 +329,12 @@ def payload_prediction(
     """The prediction an annotation webhook carries itself (``task.predictions`` / ``annotation.prediction``;
     None when it carries none, as Label Studio 1.23's do) and the prediction id the annotation names
     (``annotation.parent_prediction``), as ``parse_annotation`` finds them."""
-    return _find_prediction(_mapping(payload.get("annotation")), _mapping(payload.get("task")), schema)
-
-
-def annotation_task(payload: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """The ``(project id, task id)`` of an annotation webhook, as ``parse_annotation`` reads them."""
-    annotation, task = _mapping(payload.get("annotation")), _mapping(payload.get("task"))
-    task_id = _as_int(annotation.get("task")) or _as_int(task.get("id"))
-    project = (
-        _as_int(payload.get("project")) or _as_int(annotation.get("project")) or _as_int(task.get("project"))
-    )
-    return project, task_id
+    return _find_prediction(json_object(payload.get("annotation")), json_object(payload.get("task")), schema)
 
 
 def annotation_query(payload: Mapping[str, Any], schema: SegmentationSchema) -> str | None:
     """The query of an annotation webhook (the prompt text, else the task's query field), as stored."""
-    return _query(_mapping(payload.get("annotation")), _mapping(payload.get("task")), schema)
+    return _query(json_object(payload.get("annotation")), json_object(payload.get("task")), schema)
 
 
 def rows_with_prediction(
@@ -410,7 +370,7 @@ def rows_with_prediction(
         prediction.get("result"),
         schema,
         levels,
-        f"prediction {_as_int(prediction.get('id'))}",
+        f"prediction {id_or_none(prediction.get('id'))}",
         MaskBudget(max_mask_pixels),
     )
     return _level_rows(accepted, predicted, annotation_id)
@@ -421,7 +381,7 @@ def deleted_ids(payload: Mapping[str, Any]) -> list[int]:
     items = payload.get("annotations")
     if not isinstance(items, list):
         items = [payload.get("annotation")]
-    ids = [_as_int(item) for item in items]
+    ids = [id_or_none(item) for item in items]
     if not ids or any(i is None for i in ids):
         raise CorrectionError(
             f"{payload.get('action')} payload names no annotation id (annotation.id or annotations[].id)"

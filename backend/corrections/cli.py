@@ -35,7 +35,7 @@ from pathlib import Path
 
 from backend.corrections.export import ExportError, ImageSource, export_corrections
 from backend.corrections.store import CorrectionError, CorrectionRecord, CorrectionStore, default_store_path
-from backend.operations.arg_types import fraction, label_studio_id
+from backend.operations.command_line import fraction, label_studio_id
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _enrich(args: argparse.Namespace, store: CorrectionStore) -> int:
     from backend.corrections.enrich import enrich_missing
     from backend.label_studio.connection import LabelStudioConnection, resolve
-    from backend.label_studio.label_config import LEVEL_LABELS_ENV, parse_level_mapping
+    from backend.operations.level_labels import LEVEL_LABELS_ENV, parse_level_mapping
     from backend.operations.settings import Settings
 
     mapping = dict(parse_level_mapping(os.environ.get(LEVEL_LABELS_ENV) or None)) or None
@@ -148,7 +148,7 @@ def _enrich(args: argparse.Namespace, store: CorrectionStore) -> int:
     )
     connection = None
     if given is None and redis_url is not None:
-        from backend.jobs.queues import connect
+        from backend.operations.redis_client import connect
 
         connection = connect(settings)
 

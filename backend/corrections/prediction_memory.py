@@ -138,8 +138,7 @@ class RememberedPrediction:
         cls, prediction: Mapping[str, Any], *, query: str, kind: str, schema: SegmentationSchema
     ) -> RememberedPrediction | None:
         """The entry for a ``backend.label_studio.predictions.build_prediction`` dict; None when it has no
-        brush region of
-        ``schema``'s BrushLabels tag."""
+        brush region of ``schema``'s BrushLabels tag."""
         levels: list[RememberedLevel] = []
         width = height = 0
         for item in prediction.get("result") or []:

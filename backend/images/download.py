@@ -20,6 +20,7 @@ import requests
 import urllib3.exceptions
 
 from backend.images.errors import ImageFetchError, transport_error
+from backend.images.label_studio_auth import LabelStudioAuth
 from backend.images.pinned_http import PinnedAddressAdapter
 from backend.images.url_safety import (
     FetchTarget,
@@ -31,7 +32,6 @@ from backend.images.url_safety import (
     parse_fetch_url,
     resolve_addresses,
 )
-from backend.label_studio.auth import LabelStudioAuth
 
 logger = logging.getLogger(__name__)
 

@@ -43,6 +43,7 @@ from backend.images.cache import DecodedImageCache, DiskImageCache, UrlIndex
 from backend.images.decode import IMAGE_FORMATS, decode_image
 from backend.images.download import MAX_REDIRECTS, ImageDownloader
 from backend.images.errors import FetchErrorReason, ImageFetchError
+from backend.images.label_studio_auth import LabelStudioAuth
 from backend.images.sources import CLOUD_SCHEMES, decode_data_uri, http_candidates, local_path, read_local
 from backend.images.url_safety import (
     Resolver,
@@ -51,7 +52,6 @@ from backend.images.url_safety import (
     parse_fetch_url,
     resolve_addresses,
 )
-from backend.label_studio.auth import LabelStudioAuth
 
 __all__ = [
     "CLOUD_SCHEMES",

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from backend.label_studio.ids import parse_id
 from backend.label_studio.label_config import SegmentationSchema
+from backend.operations.ids import parse_id
 
 KINDS = ("interactive", "bulk")
 

@@ -26,9 +26,9 @@ from backend.label_studio.label_config import LabelConfigError
 from backend.label_studio.predictions import build_prediction
 from backend.label_studio.task_errors import TaskError, error_element
 from backend.label_studio.writeback import WriteBackReport, write_predictions
+from backend.operations.metrics import MetricsStore
 from backend.operations.settings import Settings
-from backend.versions.store import VersionError
-from backend.web.metrics import MetricsStore
+from backend.operations.version_names import VersionError
 
 if TYPE_CHECKING:
     from cores.inference.pipeline import CoresPipeline
@@ -239,8 +239,8 @@ def _remember(
     results: list[dict[str, Any]],
 ) -> None:
     """Keep what this job predicted per task in Redis (``backend.corrections.prediction_memory``), before
-    anything is
-    delivered, so an annotation submitted right after sees it. Best effort: a failure is logged."""
+    anything is delivered, so an annotation submitted right after sees it. Best effort: a failure is
+    logged."""
     if connection is None or request.project is None or settings.prediction_memory_ttl <= 0:
         return
     entries = []

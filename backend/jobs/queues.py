@@ -26,8 +26,6 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -36,7 +34,8 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from backend.operations.logs import REQUEST_ID_META, current_request_id
-from backend.operations.settings import Settings, SettingsError
+from backend.operations.redis_client import describe_connection
+from backend.operations.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +49,6 @@ PREDICT_JOB = "backend.jobs.predict.predict_tasks"
 """Dotted path of the prediction job (``backend.jobs.predict.predict_tasks``)."""
 RETRY_AFTER_S = 5
 """Seconds clients are told to wait after a 503 (queue full or Redis unreachable)."""
-
-_CONNECT_TIMEOUT_S = 2.0
-_SOCKET_TIMEOUT_S = 10.0
-_RETRIES = 2  # brief retries ride out a blip; a Redis that is down fails a request in well under a second
 
 
 class QueueFull(Exception):  # noqa: N818 (the name the web and docs use)
@@ -74,36 +69,6 @@ class QueueUnavailableError(Exception):
     """Redis cannot be reached (or failed mid-command); the message says which URL and why."""
 
     retry_after = RETRY_AFTER_S
-
-
-def connect(settings: Settings | str) -> redis.Redis:
-    """A Redis client for ``settings.redis_url`` (or a URL), with short timeouts and few retries.
-
-    Nothing is contacted until the first command.
-
-    Raises:
-        SettingsError: no URL is configured (``serve`` starts an embedded Redis in that case).
-    """
-    url = settings if isinstance(settings, str) else settings.redis_url
-    if not url:
-        raise SettingsError(
-            "REDIS_URL is not set: set it to a shared Redis, or run `python -m backend serve`, which "
-            "starts an embedded Redis and a worker"
-        )
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=_CONNECT_TIMEOUT_S,
-        socket_timeout=_SOCKET_TIMEOUT_S,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
-    )
-
-
-def describe_connection(connection: redis.Redis) -> str:
-    """``host:port/db`` or ``unix:path/db`` of a client, for messages (never the password)."""
-    kwargs = connection.connection_pool.connection_kwargs
-    where = (kwargs.get("path") and f"unix:{kwargs['path']}") or f"{kwargs.get('host')}:{kwargs.get('port')}"
-    return f"{where}/{kwargs.get('db', 0)}"
 
 
 @contextmanager

@@ -39,13 +39,15 @@ from rq import Queue
 from rq.job import Job
 
 from backend.images.fetcher import ImageFetcher
-from backend.jobs.queues import PREDICT_JOB, QUEUE_NAMES, SERIALIZER, connect, describe_connection, get_queue
+from backend.jobs.queues import PREDICT_JOB, QUEUE_NAMES, SERIALIZER, get_queue
 from backend.jobs.redis_outages import MAINTENANCE_INTERVAL_S, WORKER_TTL_S, OutageTolerantWorker
 from backend.jobs.shutdown import GracefulWorker
 from backend.label_studio.connection import LabelStudioConnection
+from backend.operations.redis_client import connect, describe_connection
 from backend.operations.settings import Settings
+from backend.versions.model_version import ServedVersion
 from backend.versions.serving import ensure_checkpoint, served_version, version_store
-from backend.versions.store import ServedVersion, VersionStore
+from backend.versions.store import VersionStore
 
 if TYPE_CHECKING:
     from cores.inference.pipeline import CoresPipeline

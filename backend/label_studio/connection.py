@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from backend.images.url_safety import UnsafeUrlError, display_url, parse_fetch_url
-from backend.label_studio.ids import project_id
+from backend.operations.ids import project_id
 from backend.operations.settings import Settings
 
 if TYPE_CHECKING:

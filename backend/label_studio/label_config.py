@@ -16,7 +16,6 @@ Parsing uses label-studio-sdk's ``LabelInterface`` (the same tag/label semantics
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -27,9 +26,10 @@ from typing import Any
 
 from lxml import etree
 
+from backend.operations.level_labels import LEVEL_LABELS_ENV
+
 logger = logging.getLogger(__name__)
 
-LEVEL_LABELS_ENV = "CORES_LEVEL_LABELS"
 """Environment variable holding an explicit level -> label mapping (``"1=Context,2=Target"``)."""
 
 SHIPPED_CONFIG_RESOURCE = "label_config.xml"
@@ -266,64 +266,6 @@ def parse_label_config(config: str) -> SegmentationSchema:
     return schema
 
 
-def parse_level_mapping(text: str | None) -> dict[int, str]:
-    """Parse an explicit chain-level -> label mapping, e.g. from ``CORES_LEVEL_LABELS``.
-
-    Accepted forms: ``"1=Context,2=Target"`` (whitespace around items is ignored; a label may contain
-    ``=`` but not ``,``) or a JSON object ``{"1": "Context", "2": "Target"}`` (for labels with commas).
-    An empty or blank string means no mapping.
-
-    Returns:
-        ``{level: label}`` with 1-based levels.
-
-    Raises:
-        LabelConfigError: for items without ``=``, levels that are not integers >= 1, empty labels, or a
-            level given twice.
-    """
-    if text is None or not text.strip():
-        return {}
-    stripped = text.strip()
-    pairs: list[tuple[str, Any]]
-    if stripped.startswith("{"):
-        try:
-            loaded = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise LabelConfigError(
-                f"expected a JSON object level mapping, found invalid JSON: {exc}"
-            ) from exc
-        if not isinstance(loaded, dict):
-            raise LabelConfigError(f"expected a JSON object level mapping, found {type(loaded).__name__}")
-        pairs = [(str(k), v) for k, v in loaded.items()]
-    else:
-        pairs = []
-        for item in stripped.split(","):
-            if not item.strip():
-                continue
-            level_text, sep, label = item.partition("=")
-            if not sep:
-                raise LabelConfigError(
-                    f'expected level mapping items like "1=Context", found "{item.strip()}"'
-                )
-            pairs.append((level_text, label))
-
-    mapping: dict[int, str] = {}
-    for level_text, label in pairs:
-        try:
-            level = int(level_text.strip())
-        except ValueError:
-            level = 0
-        if level < 1:
-            raise LabelConfigError(f'expected a chain level as an integer >= 1, found "{level_text.strip()}"')
-        if not isinstance(label, str) or not label.strip():
-            raise LabelConfigError(f"expected a non-empty label for level {level}, found {label!r}")
-        if level in mapping:
-            raise LabelConfigError(
-                f"expected each level once in the level mapping, found level {level} twice"
-            )
-        mapping[level] = label.strip()
-    return mapping
-
-
 def level_labels(
     schema: SegmentationSchema, n_levels: int, mapping: dict[int, str] | None = None
 ) -> list[str]:
@@ -357,4 +299,22 @@ def level_labels(
                 f"{len(schema.labels)} labels {list(schema.labels)}; add a <Label> per level or map level "
                 f'{level} explicitly with {LEVEL_LABELS_ENV}="{level}=<label>"'
             )
+    return result
+
+
+def label_levels(
+    schema: SegmentationSchema, mapping: dict[int, str] | None = None, n_levels: int | None = None
+) -> dict[str, int]:
+    """Which chain level each BrushLabels label stands for: the inverse of ``label_config.level_labels``.
+
+    Level ``k`` is ``mapping[k]`` when mapped, else the ``k``-th label. Labels past ``n_levels`` (when
+    given) name no level; a label that would name two levels keeps the lower one.
+    """
+    mapping = mapping or {}
+    top = n_levels if n_levels is not None else max([len(schema.labels), *mapping])
+    result: dict[str, int] = {}
+    for level in range(1, top + 1):
+        label = mapping.get(level) or (schema.labels[level - 1] if level <= len(schema.labels) else None)
+        if label is not None:
+            result.setdefault(label, level)
     return result

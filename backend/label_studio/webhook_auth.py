@@ -44,7 +44,7 @@ from backend.label_studio.webhook_secret import (
     master_secret,
     project_secret,
 )
-from backend.operations.arg_types import label_studio_id
+from backend.operations.command_line import label_studio_id
 from backend.operations.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -341,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     connection = None
     if settings.redis_url is not None:
-        from backend.jobs.queues import connect
+        from backend.operations.redis_client import connect
 
         connection = connect(settings)
     status = 0

@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from backend.corrections.annotations import annotation_task
-from backend.label_studio.ids import project_id
+from backend.label_studio.webhook_payloads import annotation_task
+from backend.operations.ids import project_id
 from backend.operations.settings import Settings
 
 logger = logging.getLogger(__name__)

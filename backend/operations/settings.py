@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from backend.label_studio.label_config import LEVEL_LABELS_ENV, LabelConfigError, parse_level_mapping
+from backend.operations.level_labels import LEVEL_LABELS_ENV, LevelMappingError, parse_level_mapping
 from backend.operations.logs import LOG_FORMATS
-from backend.versions.store import PIN_ENV, VersionError, check_name
+from backend.operations.version_names import PIN_ENV, VersionError, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ class Settings:
 
         try:
             level_labels = parse_level_mapping(text(LEVEL_LABELS_ENV))
-        except LabelConfigError as exc:
+        except LevelMappingError as exc:
             raise SettingsError(f"{LEVEL_LABELS_ENV}: {exc}") from exc
         local_root = text("LOCAL_FILES_DOCUMENT_ROOT")
         values: dict[str, Any] = {

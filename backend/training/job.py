@@ -39,15 +39,14 @@ from typing import Any
 from rq import get_current_job
 
 from backend.corrections.export import export_corrections
-from backend.corrections.store import CorrectionStore
+from backend.corrections.store import CorrectionStore, correction_store_path
 from backend.images.fetcher import FetchedImage
 from backend.jobs.worker import image_fetcher, refresh_model, unload_model, worker_settings
 from backend.label_studio.connection import resolve
 from backend.operations.settings import Settings
 from backend.training.requests import TrainRequest, describe_scope
+from backend.versions.model_version import ServedVersion
 from backend.versions.serving import served_version, version_store
-from backend.versions.store import ServedVersion
-from backend.web.webhooks import correction_store_path
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import redis
 from rq.job import JobStatus
 
 from backend.jobs import queues
-from backend.label_studio.ids import MAX_ID
+from backend.operations.ids import MAX_ID
 from backend.operations.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 from backend.operations.settings import Settings
-from backend.versions.store import ServedVersion, VersionStore
+from backend.versions.model_version import ServedVersion
+from backend.versions.store import VersionStore
 
 logger = logging.getLogger(__name__)
 

@@ -40,12 +40,12 @@ import redis
 from backend.jobs import queues
 from backend.jobs.delivery import Deliverer, abandon_claim, claim_key, open_claim
 from backend.jobs.payloads import PredictRequest, TaskInput
-from backend.label_studio.ids import IdError, parse_id, project_id
 from backend.label_studio.label_config import LabelConfigError, SegmentationSchema, cached_label_config
 from backend.label_studio.queries import resolve_image_url, resolve_query
 from backend.label_studio.task_errors import TaskError, error_element
+from backend.operations.ids import IdError, parse_id, project_id
+from backend.operations.metrics import MetricsStore
 from backend.operations.settings import Settings
-from backend.web.metrics import MetricsStore
 
 logger = logging.getLogger(__name__)
 

@@ -42,11 +42,13 @@ from typing import Any, Protocol
 
 import redis
 
-from backend.corrections.annotations import annotation_query, annotation_task, payload_prediction
+from backend.corrections.annotations import annotation_query, payload_prediction
 from backend.corrections.prediction_memory import recall
+from backend.corrections.store import correction_store_path
 from backend.label_studio.connection import resolve
-from backend.label_studio.ids import id_or_none, project_id
 from backend.label_studio.label_config import LabelConfigError, SegmentationSchema, cached_label_config
+from backend.label_studio.webhook_payloads import annotation_task
+from backend.operations.ids import id_or_none, project_id
 from backend.operations.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,8 +57,6 @@ DELETE_ACTIONS = frozenset({"ANNOTATION_DELETED", "ANNOTATIONS_DELETED"})
 ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}) | DELETE_ACTIONS
 TRAIN_ACTION = "START_TRAINING"
 HANDLED_ACTIONS = ANNOTATION_ACTIONS | {TRAIN_ACTION}
-CORRECTIONS_FILE = "corrections.sqlite3"
-"""The correction store's file under ``MODEL_DIR`` (``backend.corrections.store.DEFAULT_FILENAME``)."""
 FETCH_THREADS = 2
 """Threads of the web's pool that fetch predictions named only by id (``CorrectionWebhooks``)."""
 
@@ -70,11 +70,6 @@ class WebhookHandler(Protocol):
     the answer (e.g. ``{"job": "<id>"}``; a ``status`` replaces the default ``accepted``)."""
 
     def __call__(self, action: str, payload: Mapping[str, Any]) -> Mapping[str, Any] | None: ...
-
-
-def correction_store_path(settings: Settings) -> Path:
-    """Where the web records corrections and training reads them: ``MODEL_DIR/corrections.sqlite3``."""
-    return settings.model_dir / CORRECTIONS_FILE
 
 
 class CorrectionWebhooks:

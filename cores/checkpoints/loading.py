@@ -21,6 +21,7 @@ from torch import nn
 from transformers import CLIPImageProcessorPil
 
 from cores.checkpoints.layout import looks_like_hub_id, resolve_vision_tower, weight_files
+from cores.checkpoints.vision_tower import load_vision_tower
 from cores.checkpoints.weights import iter_tensors, read_shapes
 from cores.errors import CheckpointError
 from cores.modeling.build import build_model, reset_non_persistent_buffers
@@ -29,7 +30,6 @@ from cores.modeling.llama_tokenizer import SlowLlamaTokenizer
 from cores.modeling.model import CoresModel
 from cores.modeling.sam import geometry_from_shapes
 from cores.modeling.tokenizer import detect_chain, load_tokenizer, token_id
-from cores.modeling.vision import load_vision_tower
 
 __all__ = [
     "KEY_TABLE",

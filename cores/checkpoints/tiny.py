@@ -19,11 +19,11 @@ import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModel, LlamaForCausalLM
 
 from cores.checkpoints.loading import save_checkpoint
+from cores.checkpoints.vision_tower import read_vision_tower
 from cores.modeling.build import build_model
 from cores.modeling.config import CORES_CHAIN, IM_END_TOKEN, IM_START_TOKEN, LISA_CHAIN, CoresConfig
 from cores.modeling.prompts import CORES_ANSWERS, CORES_SYSTEM, IN_CONTEXT_EXAMPLES, LLAVA_SYSTEM
 from cores.modeling.sam import SAM_GEOMETRIES, build_sam
-from cores.modeling.vision import read_vision_tower
 
 logger = logging.getLogger(__name__)
 

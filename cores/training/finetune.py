@@ -60,8 +60,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     Raises:
         FinetuneError: unusable output folder, missing or mismatched trainer state, a non-finite loss.
         cores.evaluation.reasonseg.ReasonSegError, QueryError, CheckpointError, DeviceError: bad data,
-        checkpoint or
-            device.
+            checkpoint or device.
     """
     started = time.perf_counter()
     _check_out_dir(cfg)

@@ -6,7 +6,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from backend.web.metrics import BUCKETS, MetricsStore
+from backend.operations.metrics import BUCKETS, MetricsStore
 
 
 def test_histogram_renders_cumulative_buckets_sum_and_count(redis_conn: redis.Redis) -> None:

@@ -20,6 +20,7 @@ from backend.jobs.census import live_workers
 from backend.jobs.embedded import REPO_ROOT
 from backend.jobs.payloads import PredictRequest, TaskInput
 from backend.label_studio.label_config import parse_label_config
+from backend.operations import redis_client
 from backend.operations.settings import Settings
 from backend.web.app import create_app
 from tests.ml_backend.conftest import PROMPT_CONFIG
@@ -57,7 +58,7 @@ def test_workers_ride_out_a_redis_crash_and_serve_again(tmp_path: Path, tiny_che
         job_timeout=60,
         webhook_secret="outage-test-secret-0123456789",
     )
-    conn = queues.connect(settings)
+    conn = redis_client.connect(settings)
     workers = []
     logs = []
     try:

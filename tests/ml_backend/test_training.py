@@ -17,11 +17,11 @@ from backend.jobs import queues
 from backend.jobs.payloads import PredictRequest, TaskInput
 from backend.jobs.worker import get_context, load_model
 from backend.label_studio.label_config import parse_label_config, shipped_label_config
-from backend.model_cli import versions_main
 from backend.operations.settings import Settings
+from backend.operations.version_names import PIN_ENV
 from backend.training.requests import TrainRequest, request_training
+from backend.versions.cli import versions_main
 from backend.versions.serving import served_version
-from backend.versions.store import PIN_ENV
 from backend.web.app import create_app
 from tests.ml_backend.conftest import run_with_worker, work
 from tests.ml_backend.fake_label_studio import data_uri, png_bytes

@@ -12,10 +12,11 @@ import pytest
 import redis
 
 from backend.jobs.embedded import REPO_ROOT
-from backend.model_cli import versions_main
 from backend.operations.settings import Settings, SettingsError
+from backend.operations.version_names import PIN_ENV, VersionError
+from backend.versions.cli import versions_main
 from backend.versions.serving import served_version, version_store
-from backend.versions.store import PIN_ENV, VersionError, VersionStore
+from backend.versions.store import VersionStore
 from backend.web.app import create_app
 
 

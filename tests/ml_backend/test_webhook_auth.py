@@ -1,7 +1,7 @@
 """With BASIC_AUTH_USER/PASS set, Label Studio's webhooks to the backend get the credentials
 (``backend.label_studio.webhook_auth``): after /setup in a background thread, and by
-``python -m backend webhooks
-ensure``; a /webhook answered 401 is logged as a WARNING. The fake Label Studio stands in for its API."""
+``python -m backend webhooks ensure``; a /webhook answered 401 is logged as a WARNING. The fake Label Studio
+stands in for its API."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def _rq_worker(settings: Settings) -> subprocess.Popen[bytes]:
     run plain ``time.sleep`` jobs. ``python -m backend worker`` itself runs in ``test_serve``."""
     code = textwrap.dedent(
         """
-        from backend.jobs.queues import connect
+        from backend.operations.redis_client import connect
         from backend.operations.settings import Settings
         from backend.jobs.worker import build_worker
         settings = Settings.from_env()

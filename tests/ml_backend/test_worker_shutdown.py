@@ -50,7 +50,7 @@ def _worker_without_model(
     a model: the jobs here need none. ``python -m backend worker`` itself runs in the last test."""
     code = textwrap.dedent(
         """
-        from backend.jobs.queues import connect
+        from backend.operations.redis_client import connect
         from backend.operations.settings import Settings
         from backend.jobs.worker import build_worker
         settings = Settings.from_env()

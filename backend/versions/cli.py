@@ -1,9 +1,7 @@
-"""``python -m backend train|versions ...``: fine-tune on the corrections; inspect and choose model versions.
+"""``python -m backend versions ...``: inspect and choose the model version each project is served.
 
 ::
 
-    train [--project ID] [--min-correction X] [--since T] [--until T] [--steps N] [--epochs E] [--lr LR]
-          [--val-fraction F] [--min-samples N] [--seed S] [--wait]
     versions list [--json]
     versions current [--project N] [--json]
     versions promote NAME [--project N]
@@ -11,10 +9,6 @@
     versions unpin [--project N]
     versions rollback [--project N]
     versions reset --project N
-
-``train`` enqueues one fine-tune job on the ``train`` queue (or answers the id of the one already queued or
-running for that project) and prints ``{"job", "status"}``; ``--wait`` waits for it and prints its result.
-Without ``REDIS_URL`` it starts an embedded Redis and worker and always waits.
 
 ``versions`` reads and moves ``MODEL_DIR/versions/current`` and the per-project pointers
 ``MODEL_DIR/versions/projects/<N>`` (no Redis needed). A version trained on one project's corrections serves
@@ -32,67 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
-from contextlib import ExitStack
-from typing import Any
 
-from backend.operations.arg_types import fraction, label_studio_id
+from backend.operations.command_line import label_studio_id
 from backend.operations.settings import Settings, SettingsError
-from backend.versions.store import PIN_ENV, VersionError, VersionStore
+from backend.operations.version_names import PIN_ENV, VersionError
+from backend.versions.store import VersionStore
 
 EXIT_USAGE = 2
 _POLL_S = 1.0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def train_parser() -> argparse.ArgumentParser:
-    """The ``train`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="python -m backend train",
-        description="Enqueue one fine-tune of the served model version on the logged corrections (train "
-        "queue). A second request while one is queued or running for the same project answers that job.",
-    )
-    parser.add_argument(
-        "--project", type=label_studio_id, default=None, help="Label Studio project (default: all)"
-    )
-    parser.add_argument(
-        "--min-correction",
-        type=fraction,
-        default=None,
-        help="only annotations whose final level changed at least this much (1 - IoU; no prediction = 1)",
-    )
-    parser.add_argument("--since", default=None, help="only revisions at or after this ISO time")
-    parser.add_argument("--until", default=None, help="only revisions before this ISO time")
-    parser.add_argument(
-        "--steps",
-        type=_positive_int,
-        default=None,
-        help="optimizer steps (default TRAIN_STEPS, else 3 epochs)",
-    )
-    parser.add_argument("--epochs", type=float, default=None, help="passes over the data when no --steps (3)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-4)")
-    parser.add_argument(
-        "--val-fraction", type=float, default=None, help="share held out for before/after scores (0.1)"
-    )
-    parser.add_argument(
-        "--min-samples",
-        type=_positive_int,
-        default=None,
-        help="refuse to train with fewer exported samples (default MIN_TRAIN_SAMPLES)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, order and LoRA init")
-    parser.add_argument("--wait", action="store_true", help="wait for the job and print its result")
-    return parser
 
 
 def versions_parser() -> argparse.ArgumentParser:
@@ -121,14 +63,6 @@ def versions_parser() -> argparse.ArgumentParser:
         )
     reset.add_argument("--project", type=label_studio_id, required=True, help="Label Studio project id")
     return parser
-
-
-def _settings() -> Settings:
-    from backend.operations.logs import configure_logging
-
-    settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
 
 
 def versions_main(argv: Sequence[str]) -> int:
@@ -248,63 +182,3 @@ def _current(store: VersionStore, settings: Settings, project: int | None, *, as
         pinned = " (pinned)" if served.source in ("pointer", "project") and served.pinned else ""
         print(f"{served.name}: {why[served.source]}{pinned}; checkpoint {served.checkpoint}")
     return 0
-
-
-def train_main(argv: Sequence[str]) -> int:
-    """Run ``train ...``; returns the exit status (0 ok or queued, 1 job failed or refused, 2 usage)."""
-    from backend.jobs import queues
-    from backend.training.requests import TrainRequest, TrainRequestError, request_training
-
-    args = train_parser().parse_args(list(argv))
-    try:
-        settings = _settings()
-        request = TrainRequest(
-            project=args.project,
-            min_correction=args.min_correction,
-            since=args.since,
-            until=args.until,
-            steps=args.steps,
-            epochs=args.epochs,
-            lr=args.lr,
-            val_fraction=args.val_fraction,
-            min_samples=args.min_samples,
-            seed=args.seed,
-            source="cli",
-        )
-    except (SettingsError, TrainRequestError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    with ExitStack() as stack:
-        wait = args.wait
-        if settings.redis_url is None:
-            from backend.jobs.embedded import embedded_queue
-            from backend.versions.serving import ensure_checkpoint
-
-            settings, _ = stack.enter_context(embedded_queue(ensure_checkpoint(settings)))
-            wait = True
-        connection = queues.connect(settings)
-        try:
-            queued = request_training(connection, settings, request)
-        except (queues.QueueFull, queues.QueueUnavailableError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(json.dumps({"job": queued.job_id, "status": "queued" if queued.created else "already_queued"}))
-        sys.stdout.flush()
-        if not wait:
-            return 0
-        return _wait(connection, queued.job_id)
-
-
-def _wait(connection: Any, job_id: str) -> int:
-    from backend.jobs import queues
-
-    while True:
-        outcome = queues.job_outcome(connection, job_id)
-        if outcome is not None:
-            value, error = outcome
-            if error is not None:
-                print(f"training job {job_id} failed:\n{error}", file=sys.stderr)
-                return 1
-            print(json.dumps(value, indent=1))
-            return 0
-        time.sleep(_POLL_S)
