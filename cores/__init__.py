@@ -7,6 +7,18 @@ Typical use::
     result = pipe.segment(image, "the thing you would use to cut the bread")
     for level in result.levels:
         level.mask, level.score, level.text
+
+Packages (each ``__init__`` says what it holds and what it may import; tests/test_layout.py enforces it):
+
+- ``modeling``: the model's parts (LLM, CLIP, projector, seg head, SAM, refiner), tokenizer, prompts, config,
+  builders.
+- ``checkpoints``: the released layout, key-exact loading and saving, tiny checkpoints, base building.
+- ``inference``: the pipeline, its results, image decoding, devices, overlays.
+- ``evaluation``: ReasonSeg data and ground truth, gIoU/cIoU, ``cores eval``.
+- ``training``: the fine-tune loop, its data, losses, LoRA and trainer state.
+
+At the top: ``python -m cores`` (``cli``), the benchmark (``bench``) and the errors every package raises.
+``cores`` never imports ``backend``.
 """
 
 from __future__ import annotations

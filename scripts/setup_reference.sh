@@ -2,7 +2,7 @@
 # Install the reference environment of the stack the released checkpoints were trained on (.venv-ref).
 #
 # LISA and CoReS pin transformers 4.31.0 with these versions of sentencepiece, pillow, numpy and
-# OpenCV. The fidelity tests (tests/test_fidelity_*.py) run small scripts of ours (tests/reference/)
+# OpenCV. The fidelity tests (tests/cores/*/test_fidelity_*.py) run small scripts of ours (tests/reference/)
 # in this venv and compare their output with the product, live. No torch is needed: the slow LLaMA
 # tokenizer, CLIPImageProcessor and OpenCV's rasteriser work without it. It must never share the
 # project venv (.venv). Idempotent: a stamp file records the installed pins and the install is

@@ -1,1 +1,7 @@
-"""TODO"""
+"""What every process shares to run and be observed: settings from the environment (``settings``, with
+``level_labels`` and ``version_names``), logging (``logs``), the Redis client (``redis_client``), metrics
+counters in Redis (``metrics``), the one id parser (``ids``) and what command lines share
+(``command_line``).
+
+May import: backend.images
+"""

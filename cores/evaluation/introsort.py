@@ -12,7 +12,7 @@ differently, so the order is reproduced here from numpy 1.24's algorithm (``npys
   heap-sorted instead;
 * ranges of at most 16 elements are insertion-sorted (stable).
 
-``tests/test_fidelity_eval.py`` checks it against numpy 1.24 in ``.venv-ref``.
+``tests/cores/evaluation/test_fidelity_eval.py`` checks it against numpy 1.24 in ``.venv-ref``.
 """
 
 from __future__ import annotations

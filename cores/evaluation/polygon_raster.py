@@ -18,7 +18,8 @@ same in OpenCV 4.8 and in the 4.12 the product runs, so it is drawn with today's
   image) -- rows above the image are skipped, but their x still advance; active edges are re-sorted by x
   (a stable bubble sort) after each row.
 
-``tests/test_fidelity_eval.py`` compares it with OpenCV 4.8 in ``.venv-ref`` on many random polygons.
+``tests/cores/evaluation/test_fidelity_eval.py`` compares it with OpenCV 4.8 in ``.venv-ref`` on many random
+polygons.
 """
 
 from __future__ import annotations

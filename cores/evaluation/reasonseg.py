@@ -8,8 +8,8 @@ A ReasonSeg folder holds one LabelMe-style ``.json`` per image (same stem; ``.jp
 - ``shapes``: ``{"label", "points": [[x, y], ...], "shape_type"}`` polygons in pixel coordinates.
 
 Ground truth is rasterised exactly as the released LISA/CoReS evaluation does (``utils/data_processing.py``,
-OpenCV 4.8 and numpy 1.24; ``tests/test_fidelity_eval.py`` compares live): shapes labelled ``flag`` are
-skipped; every other shape's points are cast to int32 (truncated towards zero) and drawn with
+OpenCV 4.8 and numpy 1.24; ``tests/cores/evaluation/test_fidelity_eval.py`` compares live): shapes labelled
+``flag`` are skipped; every other shape's points are cast to int32 (truncated towards zero) and drawn with
 ``cv2.polylines(mask, [pts], True, value, 1)`` then OpenCV 4.8's ``cv2.fillPoly(mask, [pts], value)`` (see
 :mod:`cores.evaluation.polygon_raster`: later OpenCV fills differently); shapes are drawn
 in the order ``np.argsort(areas)[::-1]`` of their own rasterised areas under numpy 1.24 (largest first;

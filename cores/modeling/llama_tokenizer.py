@@ -15,7 +15,8 @@ tokens differently), so this class reproduces 4.31's rules from the checkpoint's
   special tokens written out and a space put before a special token that follows text; added tokens stand
   alone; the parts are joined with single spaces; ``clean_up_tokenization_spaces`` applies 4.31's clean-up.
 
-``tests/test_fidelity_tokens.py`` compares every rule live with transformers 4.31 in ``.venv-ref``.
+``tests/cores/modeling/test_fidelity_tokens.py`` compares every rule live with transformers 4.31 in
+``.venv-ref``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 LISA and CoReS load their tokenizer with ``AutoTokenizer.from_pretrained(path, use_fast=False)`` under
 transformers 4.31. What that tokenizer does around special and added tokens depends on details of how it
 reads four files, reproduced here (facts of 4.31, checked live against it by
-``tests/test_fidelity_tokens.py``):
+``tests/cores/modeling/test_fidelity_tokens.py``):
 
 * ``tokenizer.model``: the SentencePiece model; its pieces are ids ``0 .. size-1``.
 * ``tokenizer_config.json``: keyword arguments of the tokenizer. ``bos/eos/unk/pad_token`` given as plain
