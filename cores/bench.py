@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             fast, fast=True, images=images, repeats=args.repeats, batch_sizes=batch_sizes
         )
         if not args.skip_baseline:
-            base = CoresPipeline(checkpoint, cache_bytes=0, prefix_cache=False, sam_sdpa=False)
+            base = CoresPipeline(
+                checkpoint, cache_bytes=0, prefix_cache=False
+            )  # measure_path sets its attention
             report["baseline"] = measure_path(
                 base, fast=False, images=images, repeats=args.repeats, batch_sizes=batch_sizes
             )

@@ -211,7 +211,7 @@ def _open_existing(db: Path | None) -> CorrectionStore:
     return CorrectionStore(path)
 
 
-def _image_source(args: argparse.Namespace, task_of: dict[str, int]) -> ImageSource:
+def _image_source(args: argparse.Namespace) -> ImageSource:
     """``ImageFetcher``-backed image source; cloud URIs are presigned through their task."""
     from backend.images.fetcher import FetchedImage, ImageFetcher
 
@@ -225,8 +225,8 @@ def _image_source(args: argparse.Namespace, task_of: dict[str, int]) -> ImageSou
         allow_private_networks=args.allow_private_networks,
     )
 
-    def fetch(ref: str) -> FetchedImage:
-        return fetcher.fetch(ref, task_id=task_of.get(ref))
+    def fetch(ref: str, task_id: int | None) -> FetchedImage:
+        return fetcher.fetch(ref, task_id=task_id)
 
     return fetch
 
@@ -261,15 +261,10 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     print(_table(records))
                 return 0
-            task_of = {
-                r.image_ref: r.task_id
-                for r in store.list(project=args.project, latest_only=True)
-                if r.image_ref
-            }
             summary = export_corrections(
                 store,
                 args.out,
-                images=_image_source(args, task_of),
+                images=_image_source(args),
                 project=args.project,
                 since=args.since,
                 until=args.until,

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -65,9 +65,10 @@ class _HasArray(Protocol):
     def sha256(self) -> str: ...
 
 
-ImageSource = Callable[[str], "bytes | np.ndarray | _HasArray"]
-"""Returns the image an image reference names: encoded bytes, an HxWx3 uint8 RGB array, or a
-``backend.images.fetcher.FetchedImage`` (``ImageFetcher.fetch``)."""
+ImageSource = Callable[[str, "int | None"], "bytes | np.ndarray | _HasArray"]
+"""``(image reference, task id) ->`` the image it names: encoded bytes, an HxWx3 uint8 RGB array, or a
+``backend.images.fetcher.FetchedImage`` (``ImageFetcher.fetch(ref, task_id=...)``: the task id presigns
+cloud URIs through Label Studio)."""
 
 
 @dataclass
@@ -209,17 +210,52 @@ def export_corrections(
     until: datetime | str | None = None,
     min_correction: float | None = None,
 ) -> ExportSummary:
-    """Write the newest non-deleted revision of each matching annotation as ReasonSeg training data.
+    """Write the newest non-deleted revision of each matching annotation as ReasonSeg training data:
+    ``export_records(select_records(store, ...), out_dir, images=images)``.
 
     Args:
         store: the correction log.
-        out_dir: destination folder; created if missing, refused if it holds files.
-        images: image reference (the task's image URL) -> image; see ``ImageSource``. Exceptions it raises
-            skip that record (``image_error``) and are logged; the export goes on.
+        out_dir, images: as in ``export_records``.
+        project, since, until, min_correction: as in ``select_records``.
+
+    Raises:
+        ExportError: ``out_dir`` exists and is not an empty folder.
+    """
+    records = select_records(store, project=project, since=since, until=until, min_correction=min_correction)
+    return export_records(records, out_dir, images=images)
+
+
+def select_records(
+    store: CorrectionStore,
+    *,
+    project: int | None = None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    min_correction: float | None = None,
+) -> list[CorrectionRecord]:
+    """The records an export takes: the newest non-deleted revision of each matching annotation.
+
+    Args:
         project, since, until: as in ``CorrectionStore.list`` (revision time window, ``until`` exclusive).
         min_correction: only annotations whose final level changed at least this much,
             ``1 - IoU(predicted, accepted) >= min_correction`` (no prediction counts as 1.0), judged on the
             newest revision in the window.
+    """
+    return store.list(
+        project=project, since=since, until=until, min_correction=min_correction, latest_only=True
+    )
+
+
+def export_records(
+    records: Sequence[CorrectionRecord], out_dir: Path, *, images: ImageSource
+) -> ExportSummary:
+    """Write ``records`` (see ``select_records``) as ReasonSeg training data plus ``manifest.jsonl``.
+
+    Args:
+        records: the correction records to export, each annotation once.
+        out_dir: destination folder; created if missing, refused if it holds files.
+        images: ``(image reference, task id) ->`` image; see ``ImageSource``. Exceptions it raises skip
+            that record (``image_error``) and are logged; the export goes on.
 
     Returns:
         The ``ExportSummary``.
@@ -231,9 +267,6 @@ def export_corrections(
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"{out_dir}: the export folder must be new or empty; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = store.list(
-        project=project, since=since, until=until, min_correction=min_correction, latest_only=True
-    )
     summary = ExportSummary(out_dir=out_dir, manifest=out_dir / MANIFEST_NAME, considered=len(records))
     skipped: Counter[str] = Counter()
     lines: list[str] = []
@@ -251,7 +284,7 @@ def export_corrections(
             skipped["no_target"] += 1
             continue
         try:
-            rgb, fetched_sha = _to_rgb(images(record.image_ref), record.image_ref)
+            rgb, fetched_sha = _to_rgb(images(record.image_ref, record.task_id), record.image_ref)
         except Exception as exc:  # the image source is the caller's: any failure skips this record only
             logger.warning("record %d: cannot get image %s: %s", record.id, record.image_ref, exc)
             skipped["image_error"] += 1

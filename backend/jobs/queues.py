@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -183,7 +184,20 @@ def job_error(job: Job) -> str | None:
     return None
 
 
-def job_outcome(connection: redis.Redis, job_id: str) -> tuple[Any, str | None] | None:
+Outcome = tuple[Any, str | None]
+"""A finished job's ``(return value, None)``, or a failed one's ``(None, traceback)``."""
+
+
+def result_outcome(result: Result) -> Outcome | None:
+    """The outcome a job result says, or None for a ``RETRIED`` result (the job runs again)."""
+    if result.type == Result.Type.SUCCESSFUL:
+        return result.return_value, None
+    if result.type == Result.Type.RETRIED:
+        return None
+    return None, str(result.exc_string or f"job {result.job_id} ended as {result.type.name}")
+
+
+def job_outcome(connection: redis.Redis, job_id: str) -> Outcome | None:
     """A finished job's ``(return value, None)``, a failed job's ``(None, traceback)``, or None while it
     has no result yet. A job that no longer exists counts as failed ("expired").
 
@@ -195,11 +209,46 @@ def job_outcome(connection: redis.Redis, job_id: str) -> tuple[Any, str | None] 
         return None, f"job {job_id} no longer exists (expired or deleted)"
     with redis_errors(connection):
         result = job.latest_result()
-    if result is None:
-        return None
-    if result.type == Result.Type.SUCCESSFUL:
-        return result.return_value, None
-    return None, str(result.exc_string or f"job {job_id} ended as {result.type.name}")
+    return None if result is None else result_outcome(result)
+
+
+def wait_for_outcomes(
+    connection: redis.Redis, job_ids: Sequence[str], deadline: float, *, block_s: float = 1.0
+) -> dict[str, Outcome]:
+    """Block on the jobs' result streams (``XREAD BLOCK``) until each job has a final result or ``deadline``
+    (``time.monotonic()``) passes; each result is read once, from the stream entry itself (rq's
+    ``Result.restore``), not fetched again. A ``RETRIED`` result is skipped: the wait goes on for the next.
+
+    Returns:
+        job id -> outcome, for the jobs that ended in time.
+
+    Raises:
+        QueueUnavailableError: Redis is unreachable.
+    """
+    streams = {result_stream_key(job_id): job_id for job_id in job_ids}
+    after = dict.fromkeys(streams, "0-0")
+    outcomes: dict[str, Outcome] = {}
+    with redis_errors(connection):
+        while after:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            block_ms = max(1, int(min(remaining, block_s) * 1000))
+            answer: Any = connection.xread(after, block=block_ms)  # type: ignore[arg-type]
+            for stream, entries in answer or []:
+                key = stream.decode() if isinstance(stream, bytes) else str(stream)
+                entry_id, payload = entries[-1]
+                entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                result = Result.restore(
+                    streams[key], entry, payload, connection=connection, serializer=SERIALIZER
+                )
+                outcome = result_outcome(result)
+                if outcome is None:
+                    after[key] = entry
+                    continue
+                outcomes[streams[key]] = outcome
+                del after[key]
+    return outcomes
 
 
 def job_info(job: Job, *, include_result: bool = False) -> dict[str, Any]:

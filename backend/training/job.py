@@ -38,7 +38,7 @@ from typing import Any
 
 from rq import get_current_job
 
-from backend.corrections.export import export_corrections
+from backend.corrections.export import export_records, select_records
 from backend.corrections.store import CorrectionStore, correction_store_path
 from backend.images.fetcher import FetchedImage
 from backend.jobs.worker import image_fetcher, refresh_model, unload_model, worker_settings
@@ -132,12 +132,12 @@ def _train(
         )
     scope = describe_scope(parsed)
     with CorrectionStore(path) as store:
-        records = store.list(
+        records = select_records(
+            store,
             project=parsed.project,
             since=parsed.since,
             until=parsed.until,
             min_correction=parsed.min_correction,
-            latest_only=True,
         )
         if len(records) < minimum:
             raise TrainingError(
@@ -148,20 +148,11 @@ def _train(
         run = TrainingRun.new(settings, job_id)
         connection = job.connection if job is not None else None
         fetcher = image_fetcher(resolve(settings, connection, parsed.project))
-        task_of = {r.image_ref: r.task_id for r in records if r.image_ref}
 
-        def fetch(ref: str) -> FetchedImage:
-            return fetcher.fetch(ref, task_id=task_of.get(ref))
+        def fetch(ref: str, task_id: int | None) -> FetchedImage:
+            return fetcher.fetch(ref, task_id=task_id)
 
-        exported = export_corrections(
-            store,
-            run.data,
-            images=fetch,
-            project=parsed.project,
-            since=parsed.since,
-            until=parsed.until,
-            min_correction=parsed.min_correction,
-        )
+        exported = export_records(records, run.data, images=fetch)
     if exported.exported < minimum:
         raise TrainingError(
             f"{scope}: only {exported.exported} of {exported.considered} correction(s) could be exported "

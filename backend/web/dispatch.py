@@ -237,11 +237,11 @@ class Dispatcher:
             ttl=queues.interactive_ttl(self.settings),
             description=f"interactive predict task {inputs[0][1].id}",
         )
-        if not self._wait([job_id], deadline):
+        outcome = queues.wait_for_outcomes(self.connection, [job_id], deadline, block_s=_BLOCK_S).get(job_id)
+        if outcome is None:
             self._cancel_if_queued(job_id)
             raise InteractiveTimeoutError(job_id, self.settings.predict_deadline)
-        outcome = queues.job_outcome(self.connection, job_id)
-        value, error = outcome if outcome is not None else (None, "no result")
+        value, error = outcome
         if error is not None or not isinstance(value, Mapping):
             raise JobFailedError(job_id, error or "the job returned no result")
         return {
@@ -255,17 +255,18 @@ class Dispatcher:
         if inputs:
             deadline = time.monotonic() + self.settings.predict_deadline
             jobs = self._enqueue_bulk(call, slots, inputs, version)
-            finished = self._wait(list(jobs), deadline)
+            finished = queues.wait_for_outcomes(self.connection, list(jobs), deadline, block_s=_BLOCK_S)
             for job_id in jobs:
                 if job_id not in finished:
                     with queues.redis_errors(self.connection):
                         deliverer = abandon_claim(self.connection, claim_key(job_id))
                     if deliverer is Deliverer.WEB:
-                        finished |= self._wait([job_id], time.monotonic() + HANDOFF_GRACE_S)
+                        grace = time.monotonic() + HANDOFF_GRACE_S
+                        finished.update(queues.wait_for_outcomes(self.connection, [job_id], grace))
                 for i in jobs[job_id]:
                     slots[i] = []  # delivered later by the job, unless filled from its result below
                 if job_id in finished:
-                    self._fill(job_id, jobs[job_id], slots, version)
+                    self._fill(job_id, finished[job_id], jobs[job_id], slots, version)
         return {"results": slots, "model_version": _answer_version(slots, version)}
 
     def _enqueue_bulk(
@@ -311,10 +312,9 @@ class Dispatcher:
         logger.info("batch of %d tasks queued as %d bulk jobs", len(inputs), len(jobs))
         return jobs
 
-    def _fill(self, job_id: str, positions: list[int], slots: list[Any], version: str) -> None:
-        outcome = queues.job_outcome(self.connection, job_id)
-        if outcome is None:
-            return
+    def _fill(
+        self, job_id: str, outcome: queues.Outcome, positions: list[int], slots: list[Any], version: str
+    ) -> None:
         value, error = outcome
         if error is not None or not isinstance(value, Mapping):
             failure = TaskError(
@@ -327,27 +327,6 @@ class Dispatcher:
             return  # the job wrote its predictions to Label Studio: answering them too would double them
         for i, result in zip(positions, value["results"], strict=True):
             slots[i] = result
-
-    def _wait(self, job_ids: Sequence[str], deadline: float) -> set[str]:
-        """Block until each job has a result (success or failure) or ``deadline`` (monotonic) passes.
-
-        Returns:
-            The ids of jobs that have a result.
-        """
-        pending = {queues.result_stream_key(job_id): job_id for job_id in job_ids}
-        done: set[str] = set()
-        with queues.redis_errors(self.connection):
-            while pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                block_ms = max(1, int(min(remaining, _BLOCK_S) * 1000))
-                answer: Any = self.connection.xread(dict.fromkeys(pending, "0-0"), count=1, block=block_ms)
-                for entry in answer or []:
-                    stream = entry[0]
-                    name = stream.decode() if isinstance(stream, bytes) else str(stream)
-                    done.add(pending.pop(name))
-        return done
 
     def _cancel_if_queued(self, job_id: str) -> None:
         job = queues.fetch_job(self.connection, job_id)

@@ -29,6 +29,7 @@ from cores.modeling.config import CORES_CHAIN, LISA_CHAIN, CoresConfig
 from cores.modeling.llama_tokenizer import SlowLlamaTokenizer
 from cores.modeling.model import CoresModel
 from cores.modeling.sam import geometry_from_shapes
+from cores.modeling.sam_attention import use_sdpa
 from cores.modeling.tokenizer import detect_chain, load_tokenizer, token_id
 
 __all__ = [
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+SAM_ATTENTIONS = ("sdpa", "reference")
+"""How SAM's image encoder may compute attention (``load_checkpoint``'s ``sam_attention``)."""
 
 #: Checkpoint key prefix -> model key prefix, first match wins. The refiner sits on the ForCausalLM class
 #: in CoReS, so its keys have no ``model.`` prefix.
@@ -197,15 +201,22 @@ def load_checkpoint(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     vision_tower: str | None = None,
+    sam_attention: str = "sdpa",
 ) -> LoadedCheckpoint:
     """Load a LISA (one level), CoReS (two levels) or CoReS token-refiner checkpoint, key-exact.
 
     The chain comes from the tokenizer's added tokens, the token refiner from the presence of its keys,
     the SAM geometry from the SAM weights, the CLIP tower from ``mm_vision_tower`` (or ``vision_tower``).
+    ``sam_attention`` is how SAM's image encoder computes attention: ``sdpa`` (fused kernels, the default)
+    or ``reference`` (segment-anything's own); the same weights and results either way (see
+    :mod:`cores.modeling.sam_attention`).
 
     Raises:
         CheckpointError: missing files, unknown layout, or keys/shapes that do not fit.
+        ValueError: an unknown ``sam_attention``.
     """
+    if sam_attention not in SAM_ATTENTIONS:
+        raise ValueError(f"unknown sam_attention {sam_attention!r}; expected one of {SAM_ATTENTIONS}")
     device = torch.device(device)
     path = resolve_checkpoint(name)
     files = weight_files(path)
@@ -237,6 +248,7 @@ def load_checkpoint(
             config, geometry, vision_tower=tower, chain_token_ids=chain_ids, refiner=bool(refiner_keys)
         )
     assign_weights(model, iter_tensors(files), dtype=dtype, device=device)
+    use_sdpa(model.sam, sam_attention == "sdpa")
     model.eval()
     return LoadedCheckpoint(
         model=model, tokenizer=tokenizer, image_processor=processor, config=config, path=path

@@ -32,7 +32,6 @@ from cores.modeling.model import AllowedTokensFn, PrefixCache
 from cores.modeling.prompts import chain_answer, style_for_chain
 from cores.modeling.queries import MAX_QUERY_CHARS
 from cores.modeling.sam import SamInput, prepare_sam_input, sam_batch, upscale_logits
-from cores.modeling.sam_attention import use_sdpa
 from cores.modeling.tokenizer import IMAGE_TOKEN_ID, decode_chain_text, prompt_token_ids
 from cores.modeling.vision import clip_pixels
 
@@ -82,7 +81,9 @@ class CoresPipeline:
         max_new_tokens: generation budget in ``generate`` mode.
         prefix_cache: reuse the keys/values of the prompt part before the image (system prompt and
             in-context example) across queries.
-        sam_sdpa: run SAM's image-encoder attention through ``scaled_dot_product_attention``.
+
+    SAM's attention kernel belongs to the loaded model, not to a pipeline (``load_checkpoint``'s
+    ``sam_attention``): a pipeline never changes the model it is given.
     """
 
     def __init__(
@@ -92,7 +93,6 @@ class CoresPipeline:
         cache_bytes: int = 2 * 2**30,
         max_new_tokens: int = 64,
         prefix_cache: bool = True,
-        sam_sdpa: bool = True,
     ):
         self.checkpoint = checkpoint
         self.model = checkpoint.model
@@ -106,7 +106,6 @@ class CoresPipeline:
         self._img_size = self.model.sam.image_encoder.img_size
         self.use_prefix_cache = prefix_cache
         self._prefix: PrefixCache | None = None
-        use_sdpa(self.model.sam, sam_sdpa)
 
     @classmethod
     def from_pretrained(
@@ -116,12 +115,17 @@ class CoresPipeline:
         device: str | None = None,
         dtype: str | None = None,
         vision_tower: str | None = None,
+        sam_attention: str = "sdpa",
         **kwargs: Any,
     ) -> CoresPipeline:
         """Load a checkpoint folder or hub id (see :func:`cores.checkpoints.loading.load_checkpoint`)."""
         dev = resolve_device(device)
         loaded = load_checkpoint(
-            checkpoint, device=dev, dtype=resolve_dtype(dtype, dev), vision_tower=vision_tower
+            checkpoint,
+            device=dev,
+            dtype=resolve_dtype(dtype, dev),
+            vision_tower=vision_tower,
+            sam_attention=sam_attention,
         )
         return cls(loaded, **kwargs)
 
@@ -134,15 +138,23 @@ class CoresPipeline:
         """Encode an HxWx3 uint8 RGB image with SAM and CLIP, or return the cached encodings."""
         return self.set_images([image])[0]
 
-    def set_images(self, images: Sequence[np.ndarray]) -> list[ImageState]:
-        """Encode several images; the ones not in the cache go through each encoder as one batch."""
-        return self._encode(images)[0]
+    def set_images(self, images: Sequence[np.ndarray], keys: Sequence[str] | None = None) -> list[ImageState]:
+        """Encode several images; the ones not in the cache go through each encoder as one batch.
+
+        ``keys``: the images' content keys (:func:`image_key`) when the caller already has them (a
+        fine-tune's samples are hashed once, not at every step); None hashes each image here.
+        """
+        return self._encode(images, keys)[0]
 
     @torch.no_grad()
-    def _encode(self, images: Sequence[np.ndarray]) -> tuple[list[ImageState], int]:
+    def _encode(
+        self, images: Sequence[np.ndarray], given_keys: Sequence[str] | None = None
+    ) -> tuple[list[ImageState], int]:
         """(states, number of cache hits)."""
         checked = [_check_image(image) for image in images]
-        keys = [image_key(image) for image in checked]
+        if given_keys is not None and len(given_keys) != len(checked):
+            raise ValueError(f"{len(given_keys)} image keys for {len(checked)} images")
+        keys = list(given_keys) if given_keys is not None else [image_key(image) for image in checked]
         fresh: dict[str, np.ndarray] = {}
         for key, image in zip(keys, checked, strict=True):
             if key not in self._cache:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -35,6 +36,7 @@ import torch
 from cores.errors import QueryError
 from cores.evaluation.metrics import IGNORE_INDEX
 from cores.evaluation.reasonseg import ReasonSegError, ReasonSegSample, fill_shapes, iter_samples, load_image
+from cores.inference.pipeline import image_key
 from cores.modeling.llama_tokenizer import SlowLlamaTokenizer
 from cores.modeling.prompts import CORES_ANSWERS, build_prompt, chain_answer, style_for_chain
 from cores.modeling.queries import check_query
@@ -212,6 +214,44 @@ class TrainingExample:
     image: np.ndarray
     masks: torch.Tensor
     supervised: torch.Tensor  # N bool
+    image_key: str  # the image's content key (cores.inference.pipeline.image_key), computed once
+
+
+@dataclass(frozen=True)
+class LoadedSample:
+    """A sample's decoded image (HxWx3 uint8), its level masks (NxHxW uint8) and the image's content key."""
+
+    image: np.ndarray
+    masks: np.ndarray
+    image_key: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.image.nbytes + self.masks.nbytes)
+
+
+class SampleCache:
+    """Decoded samples kept across steps: each image is decoded, its masks rasterised and its content
+    hashed once per fine-tune (not at every step), least recently used first out beyond ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = 2 * 2**30) -> None:
+        self.max_bytes = max_bytes
+        self._loaded: OrderedDict[str, LoadedSample] = OrderedDict()
+        self.loads = 0
+
+    def get(self, sample: TrainingSample) -> LoadedSample:
+        """The sample decoded (from the cache when it is there)."""
+        key = str(sample.base.json_path)
+        found = self._loaded.get(key)
+        if found is None:
+            image, masks = sample.load()
+            found = LoadedSample(image=image, masks=masks, image_key=image_key(image))
+            self.loads += 1
+            self._loaded[key] = found
+            while len(self._loaded) > 1 and sum(s.nbytes for s in self._loaded.values()) > self.max_bytes:
+                self._loaded.popitem(last=False)
+        self._loaded.move_to_end(key)
+        return found
 
 
 class ExampleBuilder:
@@ -236,6 +276,7 @@ class ExampleBuilder:
         self.answers = training_answers(chain)
         self.image_tokens = image_tokens
         self.max_positions = max_positions
+        self.samples = SampleCache()
 
     def token_ids(self, query: str, is_sentence: bool, answer: str) -> tuple[list[int], int]:
         """(prompt + answer + EOS ids, index where the answer starts); the query is only stripped.
@@ -278,12 +319,13 @@ class ExampleBuilder:
         query = sample.texts[int(rng.integers(len(sample.texts)))]
         answer = self.answers[int(rng.integers(len(self.answers)))]
         ids, start = self.token_ids(query, sample.is_sentence, answer)
-        image, masks = sample.load()
+        loaded = self.samples.get(sample)
         return TrainingExample(
             stem=sample.stem,
             ids=torch.tensor(ids, dtype=torch.long),
             answer_start=start,
-            image=image,
-            masks=torch.from_numpy(masks),
+            image=loaded.image,
+            masks=torch.from_numpy(loaded.masks),
             supervised=torch.tensor(sample.supervised),
+            image_key=loaded.image_key,
         )

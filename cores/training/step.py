@@ -59,7 +59,7 @@ def batch_loss(model: CoresModel, pipe: CoresPipeline, examples: Sequence[Traini
     """``CE_WEIGHT * CE`` (mean over the batch's answer tokens) + the mean mask loss over every supervised
     level of every example. Runs in the caller's grad/autocast context; image encoders never get gradients.
     """
-    states = pipe.set_images([ex.image for ex in examples])
+    states = pipe.set_images([ex.image for ex in examples], keys=[ex.image_key for ex in examples])
     embeds, expanded = [], []
     for ex, state in zip(examples, states, strict=True):
         e, x = model.embed_sequence(ex.ids, state.clip_tokens)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.corrections.export import ExportError, export_corrections
+from backend.corrections.export import ExportError, export_corrections, export_records, select_records
 from backend.corrections.store import CorrectionStore
 from backend.label_studio.rle import decode_mask
 from cores.evaluation.metrics import mask_iou
@@ -132,10 +132,12 @@ def populated(tmp_path: Path) -> Iterator[tuple[CorrectionStore, Path]]:
     store.close()
 
 
-def file_images(root: Path, as_array: Collection[str] = ()) -> Callable[[str], bytes | np.ndarray]:
+def file_images(
+    root: Path, as_array: Collection[str] = ()
+) -> Callable[[str, int | None], bytes | np.ndarray]:
     """Image source reading local-files refs from disk (bytes; arrays for refs in ``as_array``)."""
 
-    def read(ref: str) -> bytes | np.ndarray:
+    def read(ref: str, task_id: int | None) -> bytes | np.ndarray:
         path = root / parse_qs(urlsplit(ref).query)["d"][0]
         if ref in as_array:
             return np.asarray(Image.open(path).convert("RGB"))
@@ -227,6 +229,29 @@ def test_export_filters(populated):
     assert manifest["revision"] == "2025-03-01T10:00:00.000000Z"
     assert stems("big", min_correction=0.5) == ["p3_t1_a1"]  # no prediction counts as a full correction
     assert stems("small", min_correction=small - 1e-6) == ["p3_t1_a1", "p4_t3_a3"]
+
+
+def test_the_image_source_gets_each_records_task_and_the_store_is_read_once(populated):
+    """Cloud URIs are presigned through their task: the source is handed each record's task id, so no
+    caller lists the store a second time to find it; ``export_records`` exports exactly what it is given."""
+    store, root = populated
+    asked: list[tuple[str, int | None]] = []
+    read = file_images(root)
+
+    def source(ref: str, task_id: int | None) -> bytes | np.ndarray:
+        asked.append((ref, task_id))
+        return read(ref, task_id)
+
+    records = select_records(store, project=3)
+    summary = export_records(records, root / "given", images=source)
+    assert [r.task_id for r in records] == [1, 4, 5]
+    # task 4 has no accepted target (skipped before its image is needed); 5's image is missing on disk
+    assert asked == [(local_ref("1.png"), 1), (local_ref("5.png"), 5)]
+    assert (summary.considered, summary.exported, summary.skipped) == (
+        3,
+        1,
+        {"image_error": 1, "no_target": 1},
+    )
 
 
 def test_export_refuses_a_folder_with_files(populated):

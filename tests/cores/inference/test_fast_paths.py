@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from segment_anything.modeling.image_encoder import Attention
 
 from cores.checkpoints.loading import load_checkpoint
 from cores.inference.pipeline import CoresPipeline
@@ -22,7 +23,9 @@ def _images() -> list[np.ndarray]:
 def pipes(request, tiny_checkpoints):
     path = tiny_checkpoints[request.param]
     fast = CoresPipeline(load_checkpoint(path))
-    reference = CoresPipeline(load_checkpoint(path), cache_bytes=0, prefix_cache=False, sam_sdpa=False)
+    reference = CoresPipeline(
+        load_checkpoint(path, sam_attention="reference"), cache_bytes=0, prefix_cache=False
+    )
     return fast, reference
 
 
@@ -71,7 +74,7 @@ def test_prefix_cache_is_computed_once_and_reused(pipes):
 
 
 def test_sdpa_attention_matches_segment_anything_attention(tiny_checkpoint):
-    model = load_checkpoint(tiny_checkpoint).model
+    model = load_checkpoint(tiny_checkpoint, sam_attention="reference").model
     for module in model.sam.image_encoder.modules():
         if hasattr(module, "rel_pos_h"):  # released rel-pos tables are not zero
             torch.nn.init.normal_(module.rel_pos_h, std=0.5)
@@ -87,3 +90,18 @@ def test_sdpa_attention_matches_segment_anything_attention(tiny_checkpoint):
         fast = model.sam.image_encoder(x)
     torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-5)
     assert set(model.sam.state_dict()) == set(load_checkpoint(tiny_checkpoint).model.sam.state_dict())
+
+
+def test_a_pipeline_never_changes_its_models_attention(tiny_checkpoint):
+    """SAM's attention is chosen when the checkpoint loads; building pipelines on the model leaves it."""
+    reference = load_checkpoint(tiny_checkpoint, sam_attention="reference")
+    CoresPipeline(reference)
+    CoresPipeline(reference, cache_bytes=0, prefix_cache=False)
+    kinds = {type(m) for m in reference.model.sam.image_encoder.modules() if isinstance(m, Attention)}
+    assert kinds == {Attention}
+    fast = load_checkpoint(tiny_checkpoint)
+    assert {type(m) for m in fast.model.sam.image_encoder.modules() if isinstance(m, Attention)} == {
+        SdpaAttention
+    }
+    with pytest.raises(ValueError, match="sam_attention"):
+        load_checkpoint(tiny_checkpoint, sam_attention="flash")

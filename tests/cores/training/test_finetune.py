@@ -16,7 +16,7 @@ from peft.tuners.lora import LoraLayer
 from cores.checkpoints.loading import load_checkpoint
 from cores.evaluation.metrics import intersection_union
 from cores.evaluation.reasonseg import ReasonSegError, mask_to_polygons, write_sample
-from cores.inference.pipeline import CoresPipeline
+from cores.inference.pipeline import CoresPipeline, image_key
 from cores.training.config import FinetuneConfig, FinetuneError, lr_factor
 from cores.training.data import (
     ExampleBuilder,
@@ -232,6 +232,27 @@ def test_gradient_checkpointing_recomputes_the_llm_with_the_same_gradients(tiny_
     assert ckpt_loss == pytest.approx(plain_loss, rel=1e-6)
     assert torch.allclose(ckpt_grad, plain_grad, atol=1e-6)
     assert plain_grad.abs().sum() > 0
+
+
+def test_each_sample_is_decoded_and_hashed_once_across_steps(tiny_checkpoint, tmp_path):
+    """A fine-tune draws the same samples step after step: the image is decoded, its masks rasterised and
+    its content hashed once, and the pipeline uses that key instead of hashing the pixels again."""
+    data = write_level_samples(tmp_path / "d", BOXES[:2])
+    loaded = load_checkpoint(tiny_checkpoint)
+    builder = ExampleBuilder(loaded.tokenizer, loaded.model.chain_tokens, 16, 1024)
+    samples = load_training_samples(data, loaded.model.chain_tokens)
+    rng = np.random.default_rng(0)
+    examples = [builder.example(samples[i % 2], rng) for i in range(6)]
+    assert builder.samples.loads == 2
+    assert examples[0].image is examples[2].image
+    assert examples[0].image_key == image_key(examples[0].image)
+    pipe = CoresPipeline(loaded)
+    first = pipe.set_images([examples[0].image], keys=[examples[0].image_key])[0]
+    # a given key is trusted, not recomputed: another image under the same key is the cached state
+    other = np.zeros_like(examples[1].image)
+    assert pipe.set_images([other], keys=[examples[0].image_key])[0] is first
+    with pytest.raises(ValueError, match="image keys"):
+        pipe.set_images([other], keys=[])
 
 
 # ---------------------------------------------------------------------------------- overfit, resume, CLI
