@@ -5,5 +5,6 @@ export as training data (``export``) and the ``corrections`` command line (``cli
 
 Torch-free: the web process records webhooks.
 
-May import: backend.label_studio, backend.images, backend.operations, cores.evaluation, cores.modeling.prompts
+May import: backend.label_studio, backend.images, backend.operations, cores.evaluation,
+cores.inference.images, cores.modeling.prompts
 """

@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from backend.corrections.store import CorrectionRecord, CorrectionStore, LevelCorrection
 from cores.evaluation.reasonseg import mask_to_polygons, write_sample
+from cores.inference.images import to_rgb, upright
 from cores.modeling.prompts import looks_like_sentence
 
 logger = logging.getLogger(__name__)
@@ -129,8 +130,8 @@ def _to_rgb(image: Any, ref: str) -> tuple[np.ndarray, str | None]:
         raw = bytes(image)
         try:
             with Image.open(io.BytesIO(raw)) as im:
-                rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as exc:
+                rgb = to_rgb(upright(im))
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise ValueError(f"{ref}: the bytes are not a readable image ({exc})") from exc
         return rgb, hashlib.sha256(raw).hexdigest()
     array = np.asarray(image)

@@ -13,9 +13,10 @@ import warnings
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from backend.images.errors import ImageFetchError
+from cores.inference.images import to_rgb, upright
 
 logger = logging.getLogger(__name__)
 
@@ -61,44 +62,8 @@ def decode_image(data: bytes, max_pixels: int, shown: str) -> npt.NDArray[np.uin
             raise ImageFetchError("corrupt", shown, f"the image has an empty size {width}x{height}")
         try:
             image.load()
-            array = _to_rgb(_upright(image))
+            array = to_rgb(upright(image))
         except (OSError, ValueError, SyntaxError, EOFError, TypeError) as exc:
             raise ImageFetchError("corrupt", shown, f"the image data is damaged ({exc})") from exc
     array.flags.writeable = False
     return array
-
-
-def _upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation tag; a malformed EXIF block is ignored rather than failing the image."""
-    try:
-        orientation = image.getexif().get(0x0112, 1)
-    except Exception as exc:  # EXIF parsing raises many types on malformed blocks
-        logger.debug("ignoring unreadable EXIF: %s", exc)
-        return image
-    if orientation in range(2, 9):
-        return ImageOps.exif_transpose(image)
-    return image
-
-
-def _to_rgb(image: Image.Image) -> npt.NDArray[np.uint8]:
-    """HxWx3 uint8 RGB from any PIL mode. Transparency is composited onto white; 16-bit gray keeps its high
-    byte (as browsers show it); 32-bit int and float gray are stretched min..max to 0..255."""
-    mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-        alpha = rgba[..., 3:4] / 255.0
-        rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
-        return np.ascontiguousarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
-    if mode.startswith("I;16"):
-        gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
-    if mode in ("I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
-        if mode == "I" and low >= 0 and high <= 65535:
-            gray = (values.astype(np.uint32) >> 8).astype(np.uint8)
-        else:
-            gray = np.rint((values - low) / max(high - low, 1e-12) * 255.0).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
-    rgb_image = image if mode == "RGB" else image.convert("RGB")
-    return np.ascontiguousarray(np.asarray(rgb_image, dtype=np.uint8))

@@ -22,7 +22,7 @@ from transformers import CLIPImageProcessorPil
 
 from cores.checkpoints.layout import looks_like_hub_id, resolve_vision_tower, weight_files
 from cores.checkpoints.vision_tower import load_vision_tower
-from cores.checkpoints.weights import iter_tensors, read_shapes
+from cores.checkpoints.weights import check_fit, iter_tensors, read_shapes
 from cores.errors import CheckpointError
 from cores.modeling.build import build_model, reset_non_persistent_buffers
 from cores.modeling.config import CORES_CHAIN, LISA_CHAIN, CoresConfig
@@ -158,15 +158,7 @@ def _component_state_dicts(
         states[component][rest] = converted
     loaded = {f"{c}.{k}" for c, sd in states.items() for k in sd}
     missing = sorted(set(expected) - loaded)
-    problems = []
-    if unknown:
-        problems.append(f"{len(unknown)} unexpected checkpoint keys: {unknown[:8]}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: {mismatched[:8]}")
-    if missing:
-        problems.append(f"{len(missing)} model weights missing from the checkpoint: {missing[:8]}")
-    if problems:
-        raise CheckpointError("checkpoint does not fit the model: " + "; ".join(problems))
+    check_fit("checkpoint does not fit the model", unknown, mismatched, missing)
     return states
 
 

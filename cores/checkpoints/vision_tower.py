@@ -24,7 +24,7 @@ from torch import nn
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
 from cores.checkpoints.layout import weight_files
-from cores.checkpoints.weights import iter_tensors
+from cores.checkpoints.weights import check_fit, iter_tensors
 from cores.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -93,17 +93,7 @@ def read_vision_tower(folder: Path, *, dtype: torch.dtype, device: torch.device)
         else:
             state[target] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
     missing = sorted(VISION_PREFIX + key for key in set(expected) - set(state))
-    problems = []
-    if unknown:
-        problems.append(f"{len(unknown)} unexpected keys: {unknown[:8]}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: {mismatched[:8]}")
-    if missing:
-        problems.append(f"{len(missing)} vision-tower weights missing: {missing[:8]}")
-    if problems:
-        raise CheckpointError(
-            f"the CLIP vision tower {folder} does not fit CLIPVisionModel: " + "; ".join(problems)
-        )
+    check_fit(f"the CLIP vision tower {folder} does not fit CLIPVisionModel", unknown, mismatched, missing)
     tower.load_state_dict(state, strict=True, assign=True)
     embeddings = tower.embeddings
     positions = torch.arange(embeddings.num_positions, device=device).expand((1, -1))

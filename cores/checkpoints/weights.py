@@ -40,3 +40,21 @@ def read_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
             for key, tensor in iter_tensors([file]):
                 shapes[key] = tuple(tensor.shape)
     return shapes
+
+
+def check_fit(what: str, unknown: list[str], mismatched: list[str], missing: list[str]) -> None:
+    """Raise :class:`CheckpointError` saying how ``what`` does not fit: unexpected keys, shape mismatches
+    (``"key: checkpoint (a,) vs model (b,)"``) and missing keys, the first eight of each named.
+
+    Raises:
+        CheckpointError: when any of the three lists is not empty.
+    """
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} unexpected checkpoint keys: {unknown[:8]}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {mismatched[:8]}")
+    if missing:
+        problems.append(f"{len(missing)} weights missing from the checkpoint: {missing[:8]}")
+    if problems:
+        raise CheckpointError(f"{what}: " + "; ".join(problems))

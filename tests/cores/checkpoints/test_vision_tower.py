@@ -63,7 +63,9 @@ def _rewrite(folder: Path, edit) -> None:
 def test_a_missing_vision_weight_is_named(tiny_checkpoint, tmp_path):
     folder = _tower(tiny_checkpoint, tmp_path)
     _rewrite(folder, lambda s: s.pop("vision_model.post_layernorm.weight"))
-    with pytest.raises(CheckpointError, match=r"missing: \['vision_model\.post_layernorm\.weight'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"missing from the checkpoint: \['vision_model\.post_layernorm\.weight'\]"
+    ):
         read_vision_tower(folder, dtype=torch.float32, device=CPU)
 
 
@@ -77,7 +79,9 @@ def test_a_mis_shaped_vision_weight_is_named(tiny_checkpoint, tmp_path):
 def test_an_unknown_key_is_named(tiny_checkpoint, tmp_path):
     folder = _tower(tiny_checkpoint, tmp_path)
     _rewrite(folder, lambda s: s.update({"vision_model.extra.weight": torch.zeros(2)}))
-    with pytest.raises(CheckpointError, match=r"unexpected keys: \['vision_model\.extra\.weight'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"unexpected checkpoint keys: \['vision_model\.extra\.weight'\]"
+    ):
         read_vision_tower(folder, dtype=torch.float32, device=CPU)
 
 
