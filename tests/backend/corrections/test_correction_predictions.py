@@ -130,12 +130,14 @@ def test_an_accepted_interactive_prediction_is_recorded_from_the_prediction_memo
         ("the cup", "interactive", "cores-cores"),
     ]
     assert (entries[0]["width"], entries[0]["height"]) == (40, 30)
-    assert [lvl["label"] for lvl in entries[0]["levels"]] == list(SCHEMA.labels)
+    assert [region["label"] for region in entries[0]["regions"]] == list(SCHEMA.labels)
     remembered = recall(redis_conn, 1, 7, "  The CUP ")  # the annotation's query picks the entry
     assert remembered is not None
     assert remembered.query == "the cup"
-    assert [lvl.rle for lvl in remembered.levels] == [r["value"]["rle"] for r in first["result"]]
-    assert remembered.levels[0].score == pytest.approx(first["result"][0]["score"])
+    assert [region.value["rle"] for region in remembered.regions] == [
+        r["value"]["rle"] for r in first["result"]
+    ]
+    assert remembered.regions[0].score == pytest.approx(first["result"][0]["score"])
 
     # the annotator kept the first prediction unchanged (older than the second: the query decides)
     body = annotation_webhook(1, 7, data, first["result"], "the cup", annotation=501)
@@ -179,7 +181,9 @@ def test_batch_predictions_are_remembered_per_task(
         16,
         12,
     )
-    assert [lvl.rle for lvl in remembered.levels] == [r["value"]["rle"] for r in results[0]["result"]]
+    assert [region.value["rle"] for region in remembered.regions] == [
+        r["value"]["rle"] for r in results[0]["result"]
+    ]
     assert "error" in results[1]
     assert redis_conn.exists(memory_key(1, 12)) == 0
 
