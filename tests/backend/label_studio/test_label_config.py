@@ -144,8 +144,8 @@ def test_xml_declaration_is_accepted() -> None:
                 '<Image name="im" value="$pic"/><RectangleLabels name="r" toName="im"><Label value="A"/>'
                 "</RectangleLabels>"
             ),
-            r"expected a <BrushLabels>, <BitmaskLabels> or <PolygonLabels> tag with toName set to an <Image> \(im\), "
-            r"found none",
+            r"expected a <BrushLabels>, <BitmaskLabels> or <PolygonLabels> tag with toName set to an "
+            r"<Image> \(im\), found none",
             id="no-brushlabels",
         ),
         pytest.param(
@@ -299,3 +299,47 @@ def test_a_config_with_a_lone_surrogate_is_a_config_error() -> None:
 
     with pytest.raises(LabelConfigError, match="lone surrogate"):
         parse_label_config('<View><Image name="i\ud800" value="$image"/></View>')
+
+
+# --- bitmask and polygon controls ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("bitmask", [("bitmasklabels", "mask")]),
+        ("polygon", [("polygonlabels", "poly")]),
+        ("all_masks", [("polygonlabels", "poly"), ("brushlabels", "brush"), ("bitmasklabels", "mask")]),
+    ],
+)
+def test_configs_with_bitmask_or_polygon_controls(name: str, expected: list[tuple[str, str]]) -> None:
+    config = (FIXTURES / f"label_config_{name}.xml").read_text(encoding="utf-8")
+    LabelInterface(config).validate()
+    schema = parse_label_config(config)
+    assert [(c.type, c.name) for c in schema.controls] == expected
+    assert (schema.image_name, schema.image_field, schema.prompt_from_name) == ("image", "image", "prompt")
+    assert all(len(c.labels) == 2 for c in schema.controls)
+    assert schema.control(expected[0][1], expected[0][0]) == schema.controls[0]
+    assert schema.control(expected[0][1], "brushlabels" if expected[0][0] != "brushlabels" else "x") is None
+
+
+def test_mask_controls_on_another_image_are_ignored() -> None:
+    schema = parse_label_config(
+        _config(
+            '<Image name="im" value="$pic"/><Image name="other" value="$b"/>'
+            '<PolygonLabels name="p" toName="im"><Label value="A"/></PolygonLabels>'
+            '<BitmaskLabels name="m" toName="other"><Label value="A"/></BitmaskLabels>'
+            '<BitmaskLabels name="m2" toName="im"><Label value="B"/></BitmaskLabels>'
+        )
+    )
+    assert [c.name for c in schema.controls] == ["p", "m2"]
+
+
+def test_a_polygon_control_without_labels_is_named() -> None:
+    with pytest.raises(LabelConfigError, match=r'<PolygonLabels name="p"> to hold at least one <Label'):
+        parse_label_config(_config('<Image name="im" value="$pic"/><PolygonLabels name="p" toName="im"/>'))
+
+
+def test_the_schema_travels_as_json() -> None:
+    schema = parse_label_config((FIXTURES / "label_config_all_masks.xml").read_text(encoding="utf-8"))
+    assert SegmentationSchema.from_json(schema.to_json()) == schema
