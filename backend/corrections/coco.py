@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -40,6 +39,7 @@ from backend.corrections.export import (
     new_export_folder,
     stem_of,
     usable_records,
+    write_atomically,
 )
 from backend.corrections.records import CorrectionRecord
 
@@ -151,9 +151,7 @@ def export_coco(
             {"id": i, "name": label, "supercategory": f"level {level}"} for (level, label), i in ids.items()
         ],
     }
-    tmp = summary.manifest.with_name(f".{COCO_NAME}.tmp")
-    tmp.write_text(json.dumps(document), encoding="utf-8")
-    os.replace(tmp, summary.manifest)
+    write_atomically(summary.manifest, json.dumps(document))
     summary.exported = len(coco_images)
     summary.skipped = dict(sorted(skipped.items()))
     logger.info(

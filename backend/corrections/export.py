@@ -248,6 +248,14 @@ def select_records(
     )
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it: readers see the old file or the whole
+    new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def new_export_folder(out_dir: Path) -> Path:
     """``out_dir``, created; refused when it exists and holds files.
 
@@ -352,9 +360,7 @@ def export_records(
         sha256 = record.image_sha256 or fetched_sha
         lines.append(json.dumps(_manifest_line(record, stem, sha256, levels)))
         summary.stems.append(stem)
-    tmp = summary.manifest.with_name(f".{MANIFEST_NAME}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, summary.manifest)
+    write_atomically(summary.manifest, "".join(line + "\n" for line in lines))
     summary.exported = len(lines)
     summary.skipped = dict(sorted(skipped.items()))
     logger.info(

@@ -11,7 +11,6 @@ Real Redis, real rq worker on the tiny model, the Flask test client, the fake La
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -40,7 +39,7 @@ from backend.web.webhooks import CorrectionWebhooks
 from tests.backend.conftest import PROMPT_CONFIG, run_with_worker
 from tests.backend.fake_label_studio import TOKEN, FakeLabelStudio, data_uri, png_bytes
 from tests.backend.payloads import predict_body
-from tests.backend.webhook_fixtures import load
+from tests.backend.webhook_fixtures import annotation_webhook, load
 
 SHIPPED = shipped_label_config()
 SCHEMA = parse_label_config(SHIPPED)
@@ -69,37 +68,6 @@ def fixture_prediction() -> dict[str, Any]:
     """The prediction (id 55, ``cores-test-1``) the fixture's annotation started from."""
     (prediction,) = load("annotation_created_with_prediction.json")["task"]["predictions"]
     return dict(prediction, task=22)
-
-
-def annotation_webhook(
-    project: int, task: int, data: dict[str, Any], regions: list[dict[str, Any]], query: str, annotation: int
-) -> dict[str, Any]:
-    """ANNOTATION_CREATED as Label Studio 1.23 sends it for an annotation on the shipped config that kept
-    ``regions`` and the prompt ``query`` (no prediction in the payload, no parent prediction)."""
-    prompt = {
-        "id": "prompt1",
-        "from_name": "prompt",
-        "to_name": "image",
-        "type": "textarea",
-        "value": {"text": [query]},
-    }
-    return {
-        "action": "ANNOTATION_CREATED",
-        "annotation": {
-            "id": annotation,
-            "result": [*copy.deepcopy(regions), prompt],
-            "task": task,
-            "project": project,
-            "completed_by": 1,
-            "created_at": "2025-03-01T10:00:00Z",
-            "updated_at": "2025-03-01T10:00:00Z",
-            "prediction": {},
-            "parent_prediction": None,
-            "was_cancelled": False,
-        },
-        "project": {"id": project, "label_config": SHIPPED},
-        "task": {"id": task, "data": data},
-    }
 
 
 def interactive(

@@ -10,7 +10,6 @@ masks checked pixel for pixel); bad bitmasks are a 400 that records nothing.
 from __future__ import annotations
 
 import base64
-import copy
 import io
 from typing import Any
 
@@ -26,6 +25,7 @@ from backend.operations.settings import Settings
 from tests.backend.conftest import run_with_worker
 from tests.backend.fake_label_studio import data_uri, png_bytes
 from tests.backend.payloads import predict_body
+from tests.backend.webhook_fixtures import annotation_webhook
 from tests.paths import FIXTURES
 
 CONFIGS = {
@@ -42,30 +42,7 @@ W, H = 40, 30
 
 
 def webhook(config: str, task: int, annotation: int, regions: list[dict[str, Any]]) -> dict[str, Any]:
-    prompt = {
-        "id": "p1",
-        "from_name": "prompt",
-        "to_name": "image",
-        "type": "textarea",
-        "value": {"text": [QUERY]},
-    }
-    return {
-        "action": "ANNOTATION_CREATED",
-        "annotation": {
-            "id": annotation,
-            "result": [*copy.deepcopy(regions), prompt],
-            "task": task,
-            "project": 1,
-            "completed_by": 1,
-            "created_at": "2025-03-01T10:00:00Z",
-            "updated_at": "2025-03-01T10:00:00Z",
-            "prediction": {},
-            "parent_prediction": None,
-            "was_cancelled": False,
-        },
-        "project": {"id": 1, "label_config": config},
-        "task": {"id": task, "data": {"image": "x"}},
-    }
+    return annotation_webhook(1, task, {"image": "x"}, regions, QUERY, annotation, config)
 
 
 def predicted(worker: SimpleWorker, client: FlaskClient, config: str, task: int) -> dict[str, Any]:
