@@ -109,14 +109,18 @@ class SegmentationSchema:
 
     @classmethod
     def from_json(cls, data: Any) -> SegmentationSchema:
-        """Read ``to_json``'s form.
+        """Read ``to_json``'s form (or the brush-only form of jobs queued before several mask tags:
+        ``brush_from_name`` and ``labels``).
 
         Raises:
             KeyError, TypeError: a missing or mistyped field.
         """
+        stored = data.get("controls")
+        if stored is None:
+            stored = [{"type": "brushlabels", "name": data["brush_from_name"], "labels": data["labels"]}]
         controls = tuple(
             MaskControl(str(c["type"]), str(c["name"]), tuple(str(label) for label in c["labels"]))
-            for c in data["controls"]
+            for c in stored
         )
         return cls(
             image_name=str(data["image_name"]),

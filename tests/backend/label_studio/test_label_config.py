@@ -343,3 +343,9 @@ def test_a_polygon_control_without_labels_is_named() -> None:
 def test_the_schema_travels_as_json() -> None:
     schema = parse_label_config((FIXTURES / "label_config_all_masks.xml").read_text(encoding="utf-8"))
     assert SegmentationSchema.from_json(schema.to_json()) == schema
+
+
+def test_a_job_queued_before_several_mask_tags_still_reads() -> None:
+    old = {"image_name": "image", "image_field": "image", "brush_from_name": "tag", "labels": ["A", "B"]}
+    schema = SegmentationSchema.from_json(old | {"prompt_from_name": "prompt", "query_field": None})
+    assert schema.controls == (MaskControl("brushlabels", "tag", ("A", "B")),)
