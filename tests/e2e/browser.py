@@ -111,3 +111,22 @@ def log_in(page: Page, label_studio: LabelStudioServer) -> None:
     page.fill("#password", label_studio.password)
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(lambda url: "/user/login" not in url)
+
+
+def interactive_project(
+    label_studio: LabelStudioServer, url: str, config: str, title: str, image: bytes
+) -> tuple[int, int]:
+    """A project on ``config`` with one uploaded PNG task and the backend at ``url`` connected as interactive;
+    returns ``(project id, task id)``."""
+    client = label_studio.sdk()
+    project = client.projects.create(title=title, label_config=config)
+    assert project.id is not None
+    label_studio.api(
+        "POST", f"/api/projects/{project.id}/import", files={"file": ("kitchen.png", image, "image/png")}
+    )
+    tasks = list(client.tasks.list(project=project.id))
+    assert len(tasks) == 1
+    assert str(tasks[0].data["image"]).startswith("/data/upload/")
+    client.ml.create(project=project.id, url=url, is_interactive=True, title="CoReS")
+    assert tasks[0].id is not None
+    return project.id, tasks[0].id

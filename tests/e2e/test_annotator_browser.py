@@ -26,7 +26,7 @@ from playwright.sync_api import BrowserContext
 
 from backend.label_studio.label_config import parse_label_config, shipped_label_config
 from tests.backend_server import BackendServer, wait_for_record
-from tests.e2e.browser import Shots, png, wait_until
+from tests.e2e.browser import Shots, interactive_project, png, wait_until
 from tests.e2e.label_studio import LabelStudioServer
 
 pytestmark = pytest.mark.e2e
@@ -39,28 +39,12 @@ IMAGE_SIZE = (128, 96)  # width, height
 RECORD_WAIT_S = 60.0
 
 
-def _project_with_uploaded_image(label_studio: LabelStudioServer, backend: BackendServer) -> tuple[int, int]:
-    """A project on the shipped config, one uploaded image task, the backend connected as interactive."""
-    client = label_studio.sdk()
-    project = client.projects.create(title="annotator in a browser", label_config=SHIPPED_CONFIG)
-    assert project.id is not None
-    label_studio.api(
-        "POST",
-        f"/api/projects/{project.id}/import",
-        files={"file": ("kitchen.png", png(*IMAGE_SIZE), "image/png")},
-    )
-    tasks = list(client.tasks.list(project=project.id))
-    assert len(tasks) == 1
-    assert str(tasks[0].data["image"]).startswith("/data/upload/")
-    client.ml.create(project=project.id, url=backend.url, is_interactive=True, title="CoReS")
-    assert tasks[0].id is not None
-    return project.id, tasks[0].id
-
-
 def test_annotator_gets_one_mask_per_level_from_a_query_and_the_correction_is_recorded(
     label_studio: LabelStudioServer, e2e_backend: BackendServer, browser: BrowserContext
 ) -> None:
-    project, task = _project_with_uploaded_image(label_studio, e2e_backend)
+    project, task = interactive_project(
+        label_studio, e2e_backend.url, SHIPPED_CONFIG, "annotator in a browser", png(*IMAGE_SIZE)
+    )
     page = browser.pages[0] if browser.pages else browser.new_page()
     shots = Shots(page)
     with shots.on_failure():

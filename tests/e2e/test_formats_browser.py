@@ -23,7 +23,7 @@ from playwright.sync_api import BrowserContext, Page
 
 from backend.label_studio.formats.polygon import rasterise
 from tests.backend_server import BackendServer, wait_for_record
-from tests.e2e.browser import ARTIFACTS, Shots, log_in, wait_until
+from tests.e2e.browser import ARTIFACTS, Shots, interactive_project, log_in, wait_until
 from tests.e2e.label_studio import LabelStudioServer
 
 pytestmark = pytest.mark.e2e
@@ -82,21 +82,6 @@ HIDE_JS = """(kind) => {
 }"""
 
 
-def _project(label_studio: LabelStudioServer, backend: BackendServer) -> tuple[int, int]:
-    client = label_studio.sdk()
-    project = client.projects.create(title="polygons and bitmasks in a browser", label_config=CONFIG)
-    assert project.id is not None
-    label_studio.api(
-        "POST",
-        f"/api/projects/{project.id}/import",
-        files={"file": ("kitchen.png", _grey(), "image/png")},
-    )
-    (task,) = list(client.tasks.list(project=project.id))
-    client.ml.create(project=project.id, url=backend.url, is_interactive=True, title="CoReS")
-    assert task.id is not None
-    return project.id, task.id
-
-
 def _grey() -> bytes:
     """A light, smooth image, so that the regions' colours stand out in the screenshots."""
     yy, xx = np.mgrid[:HEIGHT, :WIDTH]
@@ -130,7 +115,9 @@ def _ask(page: Page, shots: Shots) -> None:
 def test_polygon_and_bitmask_regions_for_both_levels_render_and_are_recorded(
     label_studio: LabelStudioServer, e2e_backend: BackendServer, browser: BrowserContext
 ) -> None:
-    project, task = _project(label_studio, e2e_backend)
+    project, task = interactive_project(
+        label_studio, e2e_backend.url, CONFIG, "polygons and bitmasks in a browser", _grey()
+    )
     page = browser.pages[0] if browser.pages else browser.new_page()
     shots = Shots(page, ARTIFACTS / "formats")
     with shots.on_failure():
