@@ -130,3 +130,16 @@ def interactive_project(
     client.ml.create(project=project.id, url=url, is_interactive=True, title="CoReS")
     assert tasks[0].id is not None
     return project.id, tasks[0].id
+
+
+def submit(page: Page, task: int) -> int:
+    """Press Submit in the labeling view of ``task``; returns the new annotation's id once Label Studio
+    created it (201) and Submit became Update."""
+    with page.expect_response(
+        lambda r: f"/api/tasks/{task}/annotations" in r.url and r.request.method == "POST"
+    ) as created:
+        page.get_by_test_id("bottombar-submit-button").click()
+    assert created.value.status == 201, created.value.text()
+    annotation_id: int = created.value.json()["id"]
+    page.get_by_test_id("bottombar-update-button").wait_for()
+    return annotation_id

@@ -26,7 +26,7 @@ from playwright.sync_api import BrowserContext
 
 from backend.label_studio.label_config import parse_label_config, shipped_label_config
 from tests.backend_server import BackendServer, wait_for_record
-from tests.e2e.browser import Shots, interactive_project, png, wait_until
+from tests.e2e.browser import Shots, interactive_project, png, submit, wait_until
 from tests.e2e.label_studio import LabelStudioServer
 
 pytestmark = pytest.mark.e2e
@@ -91,13 +91,7 @@ def test_annotator_gets_one_mask_per_level_from_a_query_and_the_correction_is_re
         shots.take("regions")
 
         # 6. submit the annotation
-        with page.expect_response(
-            lambda r: f"/api/tasks/{task}/annotations" in r.url and r.request.method == "POST"
-        ) as created:
-            page.get_by_test_id("bottombar-submit-button").click()
-        assert created.value.status == 201, created.value.text()
-        annotation_id = created.value.json()["id"]
-        page.get_by_test_id("bottombar-update-button").wait_for()  # Submit became Update
+        annotation_id = submit(page, task)  # Submit became Update
         shots.take("submitted")
 
     # Label Studio stored what the annotator accepted: the query and one brush mask per level

@@ -23,7 +23,7 @@ from playwright.sync_api import BrowserContext, Page
 
 from backend.label_studio.formats.polygon import rasterise
 from tests.backend_server import BackendServer, wait_for_record
-from tests.e2e.browser import ARTIFACTS, Shots, interactive_project, log_in, wait_until
+from tests.e2e.browser import ARTIFACTS, Shots, interactive_project, log_in, submit, wait_until
 from tests.e2e.label_studio import LabelStudioServer
 
 pytestmark = pytest.mark.e2e
@@ -163,13 +163,7 @@ def test_polygon_and_bitmask_regions_for_both_levels_render_and_are_recorded(
                 page.keyboard.press("Escape")
             page.evaluate(HIDE_JS, kind)  # shown again
 
-        with page.expect_response(
-            lambda r: f"/api/tasks/{task}/annotations" in r.url and r.request.method == "POST"
-        ) as created:
-            page.get_by_test_id("bottombar-submit-button").click()
-        assert created.value.status == 201, created.value.text()
-        annotation_id = created.value.json()["id"]
-        page.get_by_test_id("bottombar-update-button").wait_for()
+        annotation_id = submit(page, task)  # Submit became Update
         shots.take("submitted")
 
     stored = _by_type(label_studio.api("GET", f"/api/annotations/{annotation_id}/").json()["result"])
