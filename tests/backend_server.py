@@ -193,6 +193,24 @@ def correction_records(backend: BackendServer, project: int) -> list[dict[str, A
     return [json.loads(line) for line in listed.stdout.splitlines() if line.strip().startswith("{")]
 
 
+def wait_for_record(
+    backend: BackendServer, project: int, annotation: int, timeout_s: float
+) -> dict[str, Any]:
+    """The newest correction record of ``annotation`` once the backend has stored it (polled every half
+    second); AssertionError with the backend's log tail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = [r for r in correction_records(backend, project) if r["annotation"] == annotation]
+        if records:
+            return records[-1]
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout_s:.0f} s waiting for the correction store to hold annotation "
+                f"{annotation} (backend log: {backend.log_tail(1500)})"
+            )
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def cores_backend(
     tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, redis_url: str

@@ -3,9 +3,9 @@
 ``parse_annotation`` turns an ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED`` payload into a
 ``PendingRecord``: the annotation's ids and revision (``updated_at``), the query, the image reference, the
 prediction the annotator started from (``_find_prediction``), and per chain level the accepted and predicted
-masks (brush regions of one level OR-ed, ``_brush_regions``) with their IoU; the masks are packed in the
-stored form (``correction_records.pack_mask``). ``deleted_ids`` reads the
-annotation ids of ``ANNOTATION_DELETED`` / ``ANNOTATIONS_DELETED``.
+masks with their IoU (``backend.corrections.masks``: every brush, bitmask and polygon region of one level,
+OR-ed across regions and tags); the masks are packed in the stored form (``correction_records.pack_mask``).
+``deleted_ids`` reads the annotation ids of ``ANNOTATION_DELETED`` / ``ANNOTATIONS_DELETED``.
 
 Nothing here imports torch: the web process records webhooks.
 """
@@ -19,31 +19,26 @@ from typing import Any
 
 import numpy as np
 
+from backend.corrections.masks import (
+    DEFAULT_MAX_MASK_PIXELS,
+    MaskBudget,
+    Region,
+    control_levels,
+    has_masks,
+    mask_regions,
+)
 from backend.corrections.records import CorrectionError, pack_mask, unpack_mask, utc_iso
-from backend.label_studio.label_config import SegmentationSchema, label_levels
-from backend.label_studio.rle import decode_mask
+from backend.label_studio.label_config import SegmentationSchema
 from backend.label_studio.webhook_payloads import annotation_task, json_object
 from backend.operations.ids import id_or_none
 from cores.evaluation.metrics import mask_iou
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_MASK_PIXELS = 25_000_000
-"""Default ``MAX_MASK_PIXELS``: the largest brush region (width x height) a payload may declare."""
-TOTAL_MASK_FACTOR = 8
-"""One payload decodes at most this many times ``MAX_MASK_PIXELS`` pixels in all."""
-
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 DELETE_ACTIONS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
 BRUSH_TYPE = "brushlabels"
 PROMPT_TYPE = "textarea"
-
-
-@dataclass(frozen=True)
-class _Region:
-    mask: np.ndarray
-    label: str
-    score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,97 +53,6 @@ class PendingRecord:
     levels: list[tuple[Any, ...]]
 
 
-class MaskBudget:
-    """Bounds the brush masks one payload may make the web decode: each region at most ``max_pixels``
-    (``MAX_MASK_PIXELS``), all of them together at most ``TOTAL_MASK_FACTOR`` times that. Checked from the
-    declared size before anything is decoded."""
-
-    def __init__(self, max_pixels: int = DEFAULT_MAX_MASK_PIXELS) -> None:
-        self.max_pixels = max_pixels
-        self.left = max_pixels * TOTAL_MASK_FACTOR
-
-    def take(self, height: int, width: int, where: str) -> None:
-        """Account for one ``height`` x ``width`` mask.
-
-        Raises:
-            CorrectionError: the mask, or all masks so far, exceed the bounds.
-        """
-        pixels = height * width
-        if height <= 0 or width <= 0 or pixels > self.max_pixels:
-            raise CorrectionError(
-                f"{where}: a {width}x{height} brush region is over MAX_MASK_PIXELS={self.max_pixels} "
-                "pixels (or not a size at all); not decoded"
-            )
-        if pixels > self.left:
-            raise CorrectionError(
-                f"{where}: the payload's brush regions exceed {TOTAL_MASK_FACTOR} x MAX_MASK_PIXELS pixels "
-                "in all; not decoded"
-            )
-        self.left -= pixels
-
-
-def _brush_regions(
-    items: Any, schema: SegmentationSchema, levels: Mapping[str, int], what: str, budget: MaskBudget
-) -> dict[int, _Region]:
-    """Decode the brush regions of ``items`` (a ``result`` list) into one OR-ed mask per chain level.
-
-    Raises:
-        CorrectionError: a region without ``original_height``/``original_width``/``value.rle``, a size over
-            the ``budget``, an RLE that does not match its size, or regions of one level with different
-            sizes.
-    """
-    if items is None:
-        return {}
-    if not isinstance(items, list):
-        raise CorrectionError(f"expected {what}.result to be a list of regions, got {type(items).__name__}")
-    merged: dict[int, _Region] = {}
-    for i, item in enumerate(items):
-        if not isinstance(item, Mapping) or str(item.get("type", "")).lower() != BRUSH_TYPE:
-            continue
-        if item.get("from_name") != schema.brush_from_name:
-            continue
-        value = json_object(item.get("value"))
-        names = [lbl for lbl in value.get("brushlabels") or [] if lbl in levels]
-        if not names:
-            logger.debug(
-                "%s.result[%d]: labels %s name no chain level; skipped", what, i, value.get("brushlabels")
-            )
-            continue
-        try:
-            height, width = int(item["original_height"]), int(item["original_width"])
-            budget.take(height, width, f"{what}.result[{i}]")
-            mask = decode_mask(value["rle"], height, width)
-        except (KeyError, TypeError) as exc:
-            raise CorrectionError(
-                f"{what}.result[{i}]: a brush region needs original_height, original_width and "
-                f"value.rle ({exc!r})"
-            ) from exc
-        except ValueError as exc:
-            raise CorrectionError(f"{what}.result[{i}]: {exc}") from exc
-        score = item.get("score")
-        score = float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None
-        for label in names:
-            level = levels[label]
-            old = merged.get(level)
-            if old is None:
-                merged[level] = _Region(mask, label, score)
-                continue
-            if old.mask.shape != mask.shape:
-                raise CorrectionError(
-                    f"{what}: level {level} regions have different sizes {old.mask.shape} and {mask.shape}"
-                )
-            best = max((s for s in (old.score, score) if s is not None), default=None)
-            merged[level] = _Region(old.mask | mask, old.label, best)
-    return merged
-
-
-def _has_brush(prediction: Mapping[str, Any], schema: SegmentationSchema) -> bool:
-    result = prediction.get("result")
-    return isinstance(result, list) and any(
-        isinstance(r, Mapping) and r.get("from_name") == schema.brush_from_name for r in result
-    )
-
-
 def _find_prediction(
     annotation: Mapping[str, Any], task: Mapping[str, Any], schema: SegmentationSchema
 ) -> tuple[Mapping[str, Any] | None, int | None]:
@@ -156,7 +60,7 @@ def _find_prediction(
 
     Order: the task's prediction whose id is ``annotation.parent_prediction`` (or ``annotation.prediction``'s
     id); else ``annotation.prediction`` when it carries a result; else, when the annotation names no
-    prediction, the newest of ``task.predictions`` with regions for this BrushLabels tag.
+    prediction, the newest of ``task.predictions`` with regions of this schema's mask controls.
     """
     embedded = annotation.get("prediction")
     pred_id = id_or_none(annotation.get("parent_prediction"))
@@ -167,10 +71,10 @@ def _find_prediction(
         for candidate in listed:
             if id_or_none(candidate.get("id")) == pred_id:
                 return candidate, pred_id
-    if isinstance(embedded, Mapping) and _has_brush(embedded, schema):
+    if isinstance(embedded, Mapping) and has_masks(embedded, schema):
         return embedded, pred_id
     if pred_id is None:
-        usable = [p for p in listed if _has_brush(p, schema)]
+        usable = [p for p in listed if has_masks(p, schema)]
         if usable:
             newest = max(usable, key=lambda p: (str(p.get("created_at") or ""), id_or_none(p.get("id")) or 0))
             return newest, id_or_none(newest.get("id"))
@@ -221,7 +125,7 @@ def parse_annotation(
     The keyword arguments mean what ``CorrectionStore.record_webhook``'s do.
 
     Raises:
-        CorrectionError: no ``annotation`` object, no annotation id, task id or ``updated_at``, or a brush
+        CorrectionError: no ``annotation`` object, no annotation id, task id or ``updated_at``, or a mask
             region that does not decode (an unreadable prediction found in the payload is only logged).
     """
     annotation = payload.get("annotation")
@@ -238,18 +142,18 @@ def parse_annotation(
     if not isinstance(updated_at, str) or not updated_at.strip():
         raise CorrectionError(f"annotation {annotation_id}: updated_at is missing (it is the revision)")
 
-    levels = label_levels(schema, mapping, n_levels)
+    levels = control_levels(schema, mapping, n_levels)
     budget = MaskBudget(max_mask_pixels)
-    accepted = _brush_regions(annotation.get("result"), schema, levels, f"annotation {annotation_id}", budget)
+    accepted = mask_regions(annotation.get("result"), schema, levels, f"annotation {annotation_id}", budget)
     source, prediction_id = (
         (prediction, id_or_none(prediction.get("id")))
         if prediction is not None
         else (_find_prediction(annotation, task, schema))
     )
-    predicted: dict[int, _Region] = {}
+    predicted: dict[int, Region] = {}
     if source is not None:
         try:
-            predicted = _brush_regions(
+            predicted = mask_regions(
                 source.get("result"), schema, levels, f"prediction {prediction_id}", budget
             )
         except CorrectionError as exc:
@@ -283,7 +187,7 @@ def parse_annotation(
 
 
 def _level_rows(
-    accepted: Mapping[int, _Region], predicted: Mapping[int, _Region], annotation_id: int
+    accepted: Mapping[int, Region], predicted: Mapping[int, Region], annotation_id: int
 ) -> tuple[list[tuple[Any, ...]], float | None]:
     """One ``correction_levels`` row (without ``record_id``) per level with an accepted or a predicted mask,
     in level order, and the IoU of the last level (None when it has no prediction)."""
@@ -351,7 +255,7 @@ def rows_with_prediction(
 
     Args:
         stored: the record's ``(level, label, height, width, accepted)`` rows (``accepted`` in stored form).
-        prediction: the prediction the annotation started from (``result`` with brushlabels regions).
+        prediction: the prediction the annotation started from (``result`` with mask regions).
         annotation_id: for messages.
 
     Returns:
@@ -361,12 +265,12 @@ def rows_with_prediction(
         CorrectionError: a prediction region that does not decode.
     """
     accepted = {
-        level: _Region(unpack_mask(blob, height, width), label)
+        level: Region(unpack_mask(blob, height, width), label)
         for level, label, height, width, blob in stored
         if blob is not None
     }
-    levels = label_levels(schema, mapping, n_levels)
-    predicted = _brush_regions(
+    levels = control_levels(schema, mapping, n_levels)
+    predicted = mask_regions(
         prediction.get("result"),
         schema,
         levels,

@@ -5,13 +5,17 @@
     corrections list   [--db PATH] [--project ID] [--since T] [--until T] [--min-correction X]
                        [--include-deleted] [--latest-only] [--json]
     corrections stats  [--db PATH] [--project ID]
-    corrections export --out DIR [--db PATH] [--project ID] [--since T] [--until T] [--min-correction X]
+    corrections export --out DIR [--format reasonseg|coco] [--coco-segmentation rle|polygon]
+                       [--db PATH] [--project ID] [--since T] [--until T] [--min-correction X]
                        [--label-studio-url URL] [--api-key KEY] [--local-files-root DIR] [--cache-dir DIR]
     corrections enrich [--db PATH] [--project ID] [--label-studio-url URL] [--api-key KEY]
 
 ``--db`` defaults to ``$MODEL_DIR/corrections.sqlite3``; times are ISO 8601 (a time without an offset is
-UTC; ``--until`` is exclusive). ``export`` fetches images with ``backend.images.fetcher.ImageFetcher`` (Label
-Studio URL and API key default to ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``). Results go to stdout
+UTC; ``--until`` is exclusive). ``export`` writes a ReasonSeg folder (default) or, with ``--format coco``,
+COCO instance segmentation (``backend.corrections.coco``: ``annotations.json`` with RLE or polygon
+segmentations, one category per level label, images beside it); it fetches images with
+``backend.images.fetcher.ImageFetcher`` (Label Studio URL and API key default to ``LABEL_STUDIO_URL`` /
+``LABEL_STUDIO_API_KEY``). Results go to stdout
 (JSON, or a table for ``list``); errors to stderr with exit status 1.
 
 ``enrich`` fetches, from Label Studio's API, the predictions that records name only by id (Label Studio's
@@ -33,7 +37,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from backend.corrections.export import ExportError, ImageSource, export_corrections
+from backend.corrections.export import ExportError, ImageSource, export_corrections, select_records
 from backend.corrections.store import CorrectionError, CorrectionRecord, CorrectionStore, default_store_path
 from backend.operations.command_line import fraction, label_studio_id
 
@@ -84,9 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("stats", parents=[common], help="counts and per-level agreement, as JSON")
 
     export = commands.add_parser(
-        "export", parents=[common, window], help="write a ReasonSeg folder and manifest.jsonl"
+        "export", parents=[common, window], help="write a ReasonSeg folder (or COCO) of the accepted masks"
     )
     export.add_argument("--out", type=Path, required=True, help="new or empty output folder")
+    export.add_argument(
+        "--format",
+        choices=("reasonseg", "coco"),
+        default="reasonseg",
+        help="reasonseg: <stem>.jpg/.json + manifest.jsonl (default); coco: annotations.json + images",
+    )
+    export.add_argument(
+        "--coco-segmentation",
+        choices=("rle", "polygon"),
+        default="rle",
+        help="COCO segmentation form: rle (exact masks, default) or polygon",
+    )
     export.add_argument(
         "--label-studio-url",
         default=os.environ.get("LABEL_STUDIO_URL"),
@@ -261,15 +277,29 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     print(_table(records))
                 return 0
-            summary = export_corrections(
-                store,
-                args.out,
-                images=_image_source(args),
-                project=args.project,
-                since=args.since,
-                until=args.until,
-                min_correction=args.min_correction,
-            )
+            if args.format == "coco":
+                from backend.corrections.coco import export_coco
+
+                records = select_records(
+                    store,
+                    project=args.project,
+                    since=args.since,
+                    until=args.until,
+                    min_correction=args.min_correction,
+                )
+                summary = export_coco(
+                    records, args.out, images=_image_source(args), segmentation=args.coco_segmentation
+                )
+            else:
+                summary = export_corrections(
+                    store,
+                    args.out,
+                    images=_image_source(args),
+                    project=args.project,
+                    since=args.since,
+                    until=args.until,
+                    min_correction=args.min_correction,
+                )
             print(json.dumps(summary.to_json(), indent=1))
             return 0
     except (CorrectionError, ExportError, ValueError) as exc:

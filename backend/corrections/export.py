@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -154,7 +154,8 @@ def _shapes(mask: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
-def _stem(record: CorrectionRecord) -> str:
+def stem_of(record: CorrectionRecord) -> str:
+    """The file stem of a record's sample: ``p<project>_t<task>_a<annotation>``."""
     project = "NA" if record.project_id is None else str(record.project_id)
     return f"p{project}_t{record.task_id}_a{record.annotation_id}"
 
@@ -247,19 +248,16 @@ def select_records(
     )
 
 
-def export_records(
-    records: Sequence[CorrectionRecord], out_dir: Path, *, images: ImageSource
-) -> ExportSummary:
-    """Write ``records`` (see ``select_records``) as ReasonSeg training data plus ``manifest.jsonl``.
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it: readers see the old file or the whole
+    new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
-    Args:
-        records: the correction records to export, each annotation once.
-        out_dir: destination folder; created if missing, refused if it holds files.
-        images: ``(image reference, task id) ->`` image; see ``ImageSource``. Exceptions it raises skip
-            that record (``image_error``) and are logged; the export goes on.
 
-    Returns:
-        The ``ExportSummary``.
+def new_export_folder(out_dir: Path) -> Path:
+    """``out_dir``, created; refused when it exists and holds files.
 
     Raises:
         ExportError: ``out_dir`` exists and is not an empty folder.
@@ -268,9 +266,19 @@ def export_records(
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"{out_dir}: the export folder must be new or empty; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = ExportSummary(out_dir=out_dir, manifest=out_dir / MANIFEST_NAME, considered=len(records))
-    skipped: Counter[str] = Counter()
-    lines: list[str] = []
+    return out_dir
+
+
+UsableRecord = tuple[CorrectionRecord, np.ndarray, "str | None", list[tuple[LevelCorrection, np.ndarray]]]
+"""``(record, HxWx3 RGB image, sha256 of the fetched bytes or None, accepted levels with their masks)``."""
+
+
+def usable_records(
+    records: Sequence[CorrectionRecord], images: ImageSource, skipped: Counter[str]
+) -> Iterator[UsableRecord]:
+    """The records an export writes, with their image and accepted masks; the others are counted in
+    ``skipped`` by reason (``no_query``, ``no_image_ref``, ``no_target``, ``image_error``,
+    ``size_mismatch``) and logged. Shared by the ReasonSeg and the COCO export."""
     for record in records:
         levels = _accepted_levels(record)
         final = levels[-1] if levels else None
@@ -290,21 +298,47 @@ def export_records(
             logger.warning("record %d: cannot get image %s: %s", record.id, record.image_ref, exc)
             skipped["image_error"] += 1
             continue
-        level, target = final
-        if rgb.shape[:2] != target.shape:
+        if rgb.shape[:2] != final[1].shape:
             logger.warning(
                 "record %d: image %s is %dx%d but the masks are %dx%d; skipped",
                 record.id,
                 record.image_ref,
                 rgb.shape[0],
                 rgb.shape[1],
-                *target.shape,
+                *final[1].shape,
             )
             skipped["size_mismatch"] += 1
             continue
-        stem = _stem(record)
+        yield record, rgb, fetched_sha, levels
+
+
+def export_records(
+    records: Sequence[CorrectionRecord], out_dir: Path, *, images: ImageSource
+) -> ExportSummary:
+    """Write ``records`` (see ``select_records``) as ReasonSeg training data plus ``manifest.jsonl``.
+
+    Args:
+        records: the correction records to export, each annotation once.
+        out_dir: destination folder; created if missing, refused if it holds files.
+        images: ``(image reference, task id) ->`` image; see ``ImageSource``. Exceptions it raises skip
+            that record (``image_error``) and are logged; the export goes on.
+
+    Returns:
+        The ``ExportSummary``.
+
+    Raises:
+        ExportError: ``out_dir`` exists and is not an empty folder.
+    """
+    out_dir = new_export_folder(out_dir)
+    summary = ExportSummary(out_dir=out_dir, manifest=out_dir / MANIFEST_NAME, considered=len(records))
+    skipped: Counter[str] = Counter()
+    lines: list[str] = []
+    for record, rgb, fetched_sha, levels in usable_records(records, images, skipped):
+        level, target = levels[-1]
+        query = str(record.query)  # usable_records checked it
+        stem = stem_of(record)
         sample = write_sample(
-            out_dir, stem, rgb, [record.query], looks_like_sentence(record.query), [(TARGET_LABEL, target)]
+            out_dir, stem, rgb, [query], looks_like_sentence(query), [(TARGET_LABEL, target)]
         )
         anno = json.loads(sample.json_path.read_text(encoding="utf-8"))
         anno["levels"] = [
@@ -326,9 +360,7 @@ def export_records(
         sha256 = record.image_sha256 or fetched_sha
         lines.append(json.dumps(_manifest_line(record, stem, sha256, levels)))
         summary.stems.append(stem)
-    tmp = summary.manifest.with_name(f".{MANIFEST_NAME}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, summary.manifest)
+    write_atomically(summary.manifest, "".join(line + "\n" for line in lines))
     summary.exported = len(lines)
     summary.skipped = dict(sorted(skipped.items()))
     logger.info(

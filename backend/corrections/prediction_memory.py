@@ -9,9 +9,16 @@ remembers what it predicted: for each predicted task, one compact JSON entry is 
 
     {"model_version": "cores-CoReS", "query": "the dog's leash", "kind": "interactive" | "bulk",
      "created_at": "2025-03-01T10:00:00.000000Z", "width": 640, "height": 480, "score": 0.87,
-     "levels": [{"label": "Context (level 1)", "score": 0.91, "rle_z": "<base64 of zlib of brush RLE>"}, ...]}
+     "regions": [{"type": "brushlabels", "from_name": "tag", "label": "Context (level 1)", "score": 0.91,
+                  "rle_z": "<base64 of zlib of brush RLE>"},
+                 {"type": "bitmasklabels", "from_name": "mask", ..., "data_url": "data:image/png;base64,..."},
+                 {"type": "polygonlabels", "from_name": "poly", ..., "points": [[x%, y%], ...]}, ...]}
 
-A 1024x768 mask takes ~2 KB there. The web's webhook handler reads the list with one ``LRANGE`` when the
+Every predicted region of the schema's mask controls is kept as predicted (the brush RLE zlib-compressed,
+the bitmask's data URL and the polygon's points as they are), so the correction log compares an annotation
+with exactly what the annotator was shown. A 1024x768 brush mask takes ~2 KB there. Entries written before
+several tags were answered (``"levels"`` of brush RLE) are read as brush regions of the schema's first
+BrushLabels tag. The web's webhook handler reads the list with one ``LRANGE`` when the
 payload holds no usable prediction and picks the newest entry whose query is the annotation's prompt text
 (else the newest entry): ``recall``. ``RememberedPrediction.to_label_studio`` turns it back into Label
 Studio's prediction form, which ``CorrectionStore.record_webhook(prediction=...)`` reads.
@@ -47,6 +54,8 @@ INDEX_KEY = "cores:predicted-index"
 DEFAULT_MAX_TASKS = 100_000
 DEFAULT_MAX_ENTRY_BYTES = 256 * 1024
 BRUSH_TYPE = "brushlabels"
+BITMASK_TYPE = "bitmasklabels"
+POLYGON_TYPE = "polygonlabels"
 
 
 def memory_key(project: int, task: int) -> str:
@@ -61,12 +70,51 @@ def normalize_query(query: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class RememberedLevel:
-    """One predicted region: its BrushLabels label, score and brush RLE."""
+class RememberedRegion:
+    """One predicted region: its result type, control name (None in old brush-only entries), label, score
+    and ``value`` without its labels (``{"format": "rle", "rle": [...]}``, ``{"imageDataURL": ...}`` or
+    ``{"points": [...], "closed": true}``)."""
 
+    type: str
+    from_name: str | None
     label: str
     score: float | None
-    rle: list[int]
+    value: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The region's compact stored form."""
+        data: dict[str, Any] = {"type": self.type, "from_name": self.from_name, "label": self.label}
+        data["score"] = self.score
+        if self.type == BRUSH_TYPE:
+            data["rle_z"] = base64.b64encode(zlib.compress(bytes(self.value["rle"]), 9)).decode("ascii")
+        elif self.type == BITMASK_TYPE:
+            data["data_url"] = self.value["imageDataURL"]
+        else:
+            data["points"] = self.value["points"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RememberedRegion:
+        """Read ``to_json``'s form (an old ``levels`` entry: brush, no ``type`` or ``from_name``).
+
+        Raises:
+            KeyError, TypeError, binascii.Error, zlib.error: not in the stored form.
+        """
+        kind = str(data.get("type") or BRUSH_TYPE)
+        value: dict[str, Any]
+        if kind == BRUSH_TYPE:
+            rle = list(zlib.decompress(base64.b64decode(data["rle_z"], validate=True)))
+            value = {"format": "rle", "rle": rle}
+        elif kind == BITMASK_TYPE:
+            value = {"imageDataURL": str(data["data_url"])}
+        elif kind == POLYGON_TYPE:
+            value = {"points": list(data["points"]), "closed": True}
+        else:
+            raise TypeError(f"unknown region type {kind!r}")
+        name = data.get("from_name")
+        return cls(
+            kind, None if name is None else str(name), str(data["label"]), _score(data.get("score")), value
+        )
 
 
 @dataclass(frozen=True)
@@ -80,7 +128,7 @@ class RememberedPrediction:
     width: int
     height: int
     score: float | None
-    levels: tuple[RememberedLevel, ...]
+    regions: tuple[RememberedRegion, ...]
 
     def to_json(self) -> dict[str, Any]:
         """The compact JSON entry kept in Redis."""
@@ -92,14 +140,7 @@ class RememberedPrediction:
             "width": self.width,
             "height": self.height,
             "score": self.score,
-            "levels": [
-                {
-                    "label": lvl.label,
-                    "score": lvl.score,
-                    "rle_z": base64.b64encode(zlib.compress(bytes(lvl.rle), 9)).decode("ascii"),
-                }
-                for lvl in self.levels
-            ],
+            "regions": [region.to_json() for region in self.regions],
         }
 
     @classmethod
@@ -112,14 +153,8 @@ class RememberedPrediction:
         if not isinstance(data, Mapping):
             raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         try:
-            levels = tuple(
-                RememberedLevel(
-                    label=str(lvl["label"]),
-                    score=_score(lvl.get("score")),
-                    rle=list(zlib.decompress(base64.b64decode(lvl["rle_z"], validate=True))),
-                )
-                for lvl in data["levels"]
-            )
+            stored = data["regions"] if "regions" in data else data["levels"]
+            regions = tuple(RememberedRegion.from_json(region) for region in stored)
             return cls(
                 model_version=str(data["model_version"]),
                 query=str(data.get("query") or ""),
@@ -128,7 +163,7 @@ class RememberedPrediction:
                 width=int(data["width"]),
                 height=int(data["height"]),
                 score=_score(data.get("score")),
-                levels=levels,
+                regions=regions,
             )
         except (KeyError, TypeError, binascii.Error, zlib.error) as exc:
             raise ValueError(f"not a remembered prediction: {exc!r}") from exc
@@ -138,21 +173,24 @@ class RememberedPrediction:
         cls, prediction: Mapping[str, Any], *, query: str, kind: str, schema: SegmentationSchema
     ) -> RememberedPrediction | None:
         """The entry for a ``backend.label_studio.predictions.build_prediction`` dict; None when it has no
-        brush region of ``schema``'s BrushLabels tag."""
-        levels: list[RememberedLevel] = []
+        region of ``schema``'s mask controls."""
+        regions: list[RememberedRegion] = []
         width = height = 0
         for item in prediction.get("result") or []:
-            if not isinstance(item, Mapping) or item.get("type") != BRUSH_TYPE:
+            control = (
+                schema.control(item.get("from_name"), item.get("type")) if isinstance(item, Mapping) else None
+            )
+            if control is None:
                 continue
-            if item.get("from_name") != schema.brush_from_name:
-                continue
-            value = item.get("value") or {}
-            labels = value.get("brushlabels") or []
+            value = dict(item.get("value") or {})
+            labels = value.pop(control.type, None) or []
             if not labels:
                 continue
             width, height = int(item["original_width"]), int(item["original_height"])
-            levels.append(RememberedLevel(str(labels[0]), _score(item.get("score")), list(value["rle"])))
-        if not levels:
+            regions.append(
+                RememberedRegion(control.type, control.name, str(labels[0]), _score(item.get("score")), value)
+            )
+        if not regions:
             return None
         return cls(
             model_version=str(prediction.get("model_version") or ""),
@@ -162,28 +200,33 @@ class RememberedPrediction:
             width=width,
             height=height,
             score=_score(prediction.get("score")),
-            levels=tuple(levels),
+            regions=tuple(regions),
         )
 
     def to_label_studio(self, schema: SegmentationSchema, prediction_id: int | None = None) -> dict[str, Any]:
-        """This prediction in Label Studio's form (``id``, ``model_version``, ``score``, ``result`` with one
-        brushlabels region per level on ``schema``'s tags), as ``CorrectionStore.record_webhook`` reads it.
-        ``prediction_id``: the Label Studio prediction it stands for, when the annotation names one."""
+        """This prediction in Label Studio's form (``id``, ``model_version``, ``score``, ``result`` with the
+        remembered regions of ``schema``'s mask controls; regions of controls the schema no longer has are
+        left out), as ``CorrectionStore.record_webhook`` reads it. ``prediction_id``: the Label Studio
+        prediction it stands for, when the annotation names one."""
+        first_brush = next((c.name for c in schema.controls if c.type == BRUSH_TYPE), None)
         result = []
-        for i, lvl in enumerate(self.levels):
-            region: dict[str, Any] = {
+        for i, region in enumerate(self.regions):
+            name = region.from_name if region.from_name is not None else first_brush
+            if schema.control(name, region.type) is None:
+                continue
+            item: dict[str, Any] = {
                 "id": f"memory{i + 1}",
-                "from_name": schema.brush_from_name,
+                "from_name": name,
                 "to_name": schema.image_name,
-                "type": BRUSH_TYPE,
+                "type": region.type,
                 "original_width": self.width,
                 "original_height": self.height,
                 "image_rotation": 0,
-                "value": {"format": "rle", "rle": lvl.rle, "brushlabels": [lvl.label]},
+                "value": dict(region.value) | {region.type: [region.label]},
             }
-            if lvl.score is not None:
-                region["score"] = lvl.score
-            result.append(region)
+            if region.score is not None:
+                item["score"] = region.score
+            result.append(item)
         return {
             "id": prediction_id,
             "model_version": self.model_version,

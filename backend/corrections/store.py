@@ -10,7 +10,7 @@ prediction only by id (``annotation.parent_prediction``, as Label Studio 1.23 se
 masks later (``update_prediction``; ``missing_predictions`` lists those still waiting,
 ``backend.corrections.enrich``).
 
-Decisions: an annotation with no brush region for the schema is still recorded (its levels are the
+Decisions: an annotation with no mask region for the schema is still recorded (its levels are the
 predicted ones, accepted empty, or none at all): "the annotator removed every mask" is a correction. A
 skipped task (``was_cancelled``) is ignored. A replayed webhook for a stored revision is a duplicate and
 changes nothing, even if its content differs (the first delivery wins).

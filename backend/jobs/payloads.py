@@ -5,9 +5,10 @@ re-resolves a query: the web already did, with the Label Studio payload in hand:
 
     {"kind": "interactive" | "bulk",
      "tasks": [{"id": 7, "image": "/data/upload/1/dog.png", "query": "the dog's leash"}, ...],
-     "schema": {"image_name": "image", "image_field": "image", "brush_from_name": "tag",
-                "labels": ["Context (level 1)", "Target (level 2)"], "prompt_from_name": "prompt",
-                "query_field": "query"},
+     "schema": {"image_name": "image", "image_field": "image",
+                "controls": [{"type": "brushlabels", "name": "tag",
+                              "labels": ["Context (level 1)", "Target (level 2)"]}],
+                "prompt_from_name": "prompt", "query_field": "query"},
      "level_labels": {"1": "Context (level 1)"},      # explicit level -> label mapping, may be empty
      "model_version": "cores-CoReS",                   # the version the web promised Label Studio
      "project": 1,                                     # Label Studio project id, or null
@@ -51,12 +52,10 @@ class PredictRequest:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-safe dict passed to ``backend.jobs.predict.predict_tasks``."""
-        schema = asdict(self.schema)
-        schema["labels"] = list(self.schema.labels)
         return {
             "kind": self.kind,
             "tasks": [asdict(task) for task in self.tasks],
-            "schema": schema,
+            "schema": self.schema.to_json(),
             "level_labels": {str(k): v for k, v in self.level_labels.items()},
             "model_version": self.model_version,
             "project": self.project,
@@ -78,9 +77,7 @@ class PredictRequest:
                 TaskInput(id=_int(t["id"], "tasks[].id"), image=str(t["image"]), query=str(t["query"]))
                 for t in data["tasks"]
             )
-            raw_schema = dict(data["schema"])
-            raw_schema["labels"] = tuple(str(label) for label in raw_schema["labels"])
-            schema = SegmentationSchema(**raw_schema)
+            schema = SegmentationSchema.from_json(data["schema"])
             level_labels = {
                 _int(k, "level_labels key"): str(v) for k, v in (data.get("level_labels") or {}).items()
             }

@@ -1,13 +1,15 @@
 """Read a Label Studio labeling config: which tags the CoReS backend reads from and writes to.
 
-The backend needs one ``<Image>`` (the picture, from a task data field), one ``<BrushLabels>`` whose
-``toName`` is that image (where each chain level's mask goes) and, optionally, a ``<TextArea>`` whose
-``toName`` is that image (the annotator's query, sent as the interactive context).
+The backend needs one ``<Image>`` (the picture, from a task data field), at least one mask control whose
+``toName`` is that image -- ``<BrushLabels>`` (brush RLE), ``<BitmaskLabels>`` (PNG data URL) or
+``<PolygonLabels>`` (polygons), where each chain level's mask goes; several are all answered -- and,
+optionally, a ``<TextArea>`` whose ``toName`` is that image (the annotator's query, sent as the
+interactive context).
 
-Level rule (documented contract): chain level ``k`` (1-based; level 1 = where the target usually is,
-level 2 = the target) is written with the ``k``-th ``<Label>`` of the ``<BrushLabels>`` tag, in document
+Level rule (documented contract), per mask control: chain level ``k`` (1-based; level 1 = where the target
+usually is, level 2 = the target) is written with the ``k``-th ``<Label>`` of that control, in document
 order. An explicit mapping (``CORES_LEVEL_LABELS="1=Context,2=Target"``, see ``parse_level_mapping``)
-overrides that for the levels it names.
+overrides that for the levels it names, in every control (each must hold the mapped labels).
 
 Parsing uses label-studio-sdk's ``LabelInterface`` (the same tag/label semantics as Label Studio: a
 ``<Label>``'s ``alias`` wins over its ``value``), after a hardened lxml pass that rejects DTDs and entities.
@@ -38,8 +40,32 @@ SHIPPED_CONFIG_RESOURCE = "label_config.xml"
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 
 
+MASK_TAGS = {"brushlabels": "BrushLabels", "bitmasklabels": "BitmaskLabels", "polygonlabels": "PolygonLabels"}
+"""The mask control tags the backend answers: result ``type`` (the tag in lower case) -> tag name."""
+
+
 class LabelConfigError(ValueError):
     """A labeling config (or level mapping) the backend cannot use; the message says what it expected."""
+
+
+@dataclass(frozen=True)
+class MaskControl:
+    """One mask control tag on the image.
+
+    Attributes:
+        type: the result ``type`` it reads and writes: ``brushlabels``, ``bitmasklabels`` or
+            ``polygonlabels`` (a key of ``MASK_TAGS``); its results' labels are under ``value[type]``.
+        name: its ``name`` (results' ``from_name``).
+        labels: its label values in document order (``alias`` when a ``<Label>`` has one).
+    """
+
+    type: str
+    name: str
+    labels: tuple[str, ...]
+
+    def describe(self) -> str:
+        """``<PolygonLabels name="poly">``, for messages."""
+        return f'<{MASK_TAGS.get(self.type, self.type)} name="{self.name}">'
 
 
 @dataclass(frozen=True)
@@ -49,8 +75,7 @@ class SegmentationSchema:
     Attributes:
         image_name: ``name`` of the ``<Image>`` tag (the ``to_name`` of every result).
         image_field: task data key holding the image URL (``value="$image"`` -> ``"image"``).
-        brush_from_name: ``name`` of the ``<BrushLabels>`` tag on that image (results' ``from_name``).
-        labels: that tag's label values in document order (``alias`` when a ``<Label>`` has one).
+        controls: the mask controls on that image, in document order (each gets every chain level).
         prompt_from_name: ``name`` of the ``<TextArea>`` on that image (the interactive context's
             ``from_name``), or None when the config has no prompt box.
         query_field: task data key the TextArea pre-fills from (``value="$query"`` -> ``"query"``), or None.
@@ -58,10 +83,52 @@ class SegmentationSchema:
 
     image_name: str
     image_field: str
-    brush_from_name: str
-    labels: tuple[str, ...]
+    controls: tuple[MaskControl, ...]
     prompt_from_name: str | None = None
     query_field: str | None = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The first mask control's labels (the shipped config's BrushLabels labels, level 1 first)."""
+        return self.controls[0].labels
+
+    def control(self, from_name: object, result_type: object) -> MaskControl | None:
+        """The mask control a result item with this ``from_name`` and ``type`` belongs to, or None."""
+        kind = str(result_type or "").lower()
+        return next((c for c in self.controls if c.name == from_name and c.type == kind), None)
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-safe form (a prediction job's ``schema``); ``from_json`` reads it back."""
+        return {
+            "image_name": self.image_name,
+            "image_field": self.image_field,
+            "controls": [{"type": c.type, "name": c.name, "labels": list(c.labels)} for c in self.controls],
+            "prompt_from_name": self.prompt_from_name,
+            "query_field": self.query_field,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> SegmentationSchema:
+        """Read ``to_json``'s form (or the brush-only form of jobs queued before several mask tags:
+        ``brush_from_name`` and ``labels``).
+
+        Raises:
+            KeyError, TypeError: a missing or mistyped field.
+        """
+        stored = data.get("controls")
+        if stored is None:
+            stored = [{"type": "brushlabels", "name": data["brush_from_name"], "labels": data["labels"]}]
+        controls = tuple(
+            MaskControl(str(c["type"]), str(c["name"]), tuple(str(label) for label in c["labels"]))
+            for c in stored
+        )
+        return cls(
+            image_name=str(data["image_name"]),
+            image_field=str(data["image_field"]),
+            controls=controls,
+            prompt_from_name=data.get("prompt_from_name"),
+            query_field=data.get("query_field"),
+        )
 
 
 def shipped_label_config() -> str:
@@ -193,18 +260,20 @@ def cached_label_config(config: str) -> SegmentationSchema:
 
 
 def parse_label_config(config: str) -> SegmentationSchema:
-    """Find the image, brush and prompt tags of a Label Studio labeling config.
+    """Find the image, mask and prompt tags of a Label Studio labeling config.
 
     Args:
         config: the labeling config XML (``project.label_config``, ``/setup``'s ``schema``).
 
     Returns:
-        The ``SegmentationSchema``. With several BrushLabels tags on images, the first in document order
-        wins (and its image); with several TextAreas on that image, the first wins.
+        The ``SegmentationSchema``. The image is the one the first mask control (``<BrushLabels>``,
+        ``<BitmaskLabels>`` or ``<PolygonLabels>``, document order) is tied to; every mask control on that
+        image is kept, in document order (controls on other images are ignored, with a warning); with
+        several TextAreas on that image, the first wins.
 
     Raises:
         LabelConfigError: malformed XML; no ``<Image>``; an Image whose ``value`` does not name a task
-            field (``$field``); no ``<BrushLabels>`` with ``toName`` set to an Image; a BrushLabels with no
+            field (``$field``); no mask control with ``toName`` set to an Image; a mask control with no
             ``<Label>``.
     """
     from label_studio_sdk.label_interface import LabelInterface
@@ -221,18 +290,18 @@ def parse_label_config(config: str) -> SegmentationSchema:
         raise LabelConfigError(f"expected an <Image> tag in the labeling config, found {found}")
 
     controls = list(interface.controls)
-    brushes = [c for c in controls if c.tag.lower() == "brushlabels"]
-    on_image = [c for c in brushes if any(name in images for name in c.to_name)]
+    masks = [c for c in controls if c.tag.lower() in MASK_TAGS]
+    on_image = [c for c in masks if any(name in images for name in c.to_name)]
     if not on_image:
         raise LabelConfigError(
-            f"expected a <BrushLabels> tag with toName set to an <Image> ({', '.join(sorted(images))}), "
-            f"found {_describe(brushes)}"
+            f"expected a <BrushLabels>, <BitmaskLabels> or <PolygonLabels> tag with toName set to an <Image> "
+            f"({', '.join(sorted(images))}), found {_describe(masks)}"
         )
-    if len(on_image) > 1:
-        logger.warning("config has %d BrushLabels tags on images; using %r", len(on_image), on_image[0].name)
-    brush = on_image[0]
-    image_name = next(name for name in brush.to_name if name in images)
+    image_name = next(name for name in on_image[0].to_name if name in images)
     image = images[image_name]
+    elsewhere = [c for c in on_image if image_name not in c.to_name]
+    if elsewhere:
+        logger.warning("mask controls %s are not on image %r; ignored", _describe(elsewhere), image_name)
 
     if "valueList" in image.attr:
         raise LabelConfigError(
@@ -246,19 +315,23 @@ def parse_label_config(config: str) -> SegmentationSchema:
             f'found value="{image.attr.get("value", "")}"'
         )
 
-    labels = tuple(brush.labels or ())
-    if not labels:
-        raise LabelConfigError(
-            f'expected <BrushLabels name="{brush.name}"> to hold at least one <Label value="...">, found none'
-        )
+    chosen = []
+    for tag in on_image:
+        if image_name not in tag.to_name:
+            continue
+        control = MaskControl(tag.tag.lower(), tag.name, tuple(tag.labels or ()))
+        if not control.labels:
+            raise LabelConfigError(
+                f'expected {control.describe()} to hold at least one <Label value="...">, found none'
+            )
+        chosen.append(control)
 
     prompts = [c for c in controls if c.tag.lower() == "textarea" and image_name in c.to_name]
     prompt = prompts[0] if prompts else None
     schema = SegmentationSchema(
         image_name=image_name,
         image_field=image_field,
-        brush_from_name=brush.name,
-        labels=labels,
+        controls=tuple(chosen),
         prompt_from_name=prompt.name if prompt is not None else None,
         query_field=_data_field(prompt.attr.get("value")) if prompt is not None else None,
     )
@@ -266,55 +339,53 @@ def parse_label_config(config: str) -> SegmentationSchema:
     return schema
 
 
-def level_labels(
-    schema: SegmentationSchema, n_levels: int, mapping: dict[int, str] | None = None
-) -> list[str]:
-    """Return the label for each chain level 1..``n_levels`` (list index 0 is level 1).
+def level_labels(control: MaskControl, n_levels: int, mapping: dict[int, str] | None = None) -> list[str]:
+    """Return the label of ``control`` for each chain level 1..``n_levels`` (list index 0 is level 1).
 
     Level ``k`` gets ``mapping[k]`` when the mapping names it, otherwise the ``k``-th label of the
-    BrushLabels tag (``schema.labels[k - 1]``). Mapping entries for levels above ``n_levels`` are unused.
+    control (``control.labels[k - 1]``). Mapping entries for levels above ``n_levels`` are unused.
 
     Raises:
-        LabelConfigError: ``n_levels < 1``; a mapped label that is not one of the BrushLabels labels; an
-            unmapped level ``k`` while the tag has fewer than ``k`` labels.
+        LabelConfigError: ``n_levels < 1``; a mapped label that is not one of the control's labels; an
+            unmapped level ``k`` while the control has fewer than ``k`` labels.
     """
     if n_levels < 1:
         raise LabelConfigError(f"expected at least one chain level, got {n_levels}")
     mapping = mapping or {}
     for level, label in sorted(mapping.items()):
-        if label not in schema.labels:
+        if label not in control.labels:
             raise LabelConfigError(
-                f'level {level} is mapped to label "{label}", but '
-                f'<BrushLabels name="{schema.brush_from_name}"> has only {list(schema.labels)}'
+                f'level {level} is mapped to label "{label}", but {control.describe()} has only '
+                f"{list(control.labels)}"
             )
     result = []
     for level in range(1, n_levels + 1):
         if level in mapping:
             result.append(mapping[level])
-        elif level <= len(schema.labels):
-            result.append(schema.labels[level - 1])
+        elif level <= len(control.labels):
+            result.append(control.labels[level - 1])
         else:
             raise LabelConfigError(
-                f'the chain has {n_levels} levels but <BrushLabels name="{schema.brush_from_name}"> has only '
-                f"{len(schema.labels)} labels {list(schema.labels)}; add a <Label> per level or map level "
+                f"the chain has {n_levels} levels but {control.describe()} has only "
+                f"{len(control.labels)} labels {list(control.labels)}; add a <Label> per level or map level "
                 f'{level} explicitly with {LEVEL_LABELS_ENV}="{level}=<label>"'
             )
     return result
 
 
 def label_levels(
-    schema: SegmentationSchema, mapping: dict[int, str] | None = None, n_levels: int | None = None
+    control: MaskControl, mapping: dict[int, str] | None = None, n_levels: int | None = None
 ) -> dict[str, int]:
-    """Which chain level each BrushLabels label stands for: the inverse of ``label_config.level_labels``.
+    """Which chain level each label of ``control`` stands for: the inverse of ``level_labels``.
 
     Level ``k`` is ``mapping[k]`` when mapped, else the ``k``-th label. Labels past ``n_levels`` (when
     given) name no level; a label that would name two levels keeps the lower one.
     """
     mapping = mapping or {}
-    top = n_levels if n_levels is not None else max([len(schema.labels), *mapping])
+    top = n_levels if n_levels is not None else max([len(control.labels), *mapping])
     result: dict[str, int] = {}
     for level in range(1, top + 1):
-        label = mapping.get(level) or (schema.labels[level - 1] if level <= len(schema.labels) else None)
+        label = mapping.get(level) or (control.labels[level - 1] if level <= len(control.labels) else None)
         if label is not None:
             result.setdefault(label, level)
     return result

@@ -1,6 +1,6 @@
-"""Format a CoReS chain result as a Label Studio prediction: one ``brushlabels`` region per chain level.
+"""Format a CoReS chain result as a Label Studio prediction: every chain level in every mask control.
 
-A prediction for one task looks like::
+A prediction for one task looks like (the shipped config: one BrushLabels tag)::
 
     {"model_version": "cores-v1", "score": 0.87,              # score of the final level (the target)
      "result": [{"id": "k3J9x0aQ2c", "from_name": "tag", "to_name": "image", "type": "brushlabels",
@@ -8,9 +8,13 @@ A prediction for one task looks like::
                  "value": {"format": "rle", "rle": [...], "brushlabels": ["Context (level 1)"]},
                  "score": 0.91, "meta": {"text": ["a kitchen counter"]}, "readonly": False}, ...]}
 
-Each level's chain text goes into the region's ``meta``: Label Studio keeps a region's free-text note
-(the "Meta" box of the region panel) as ``"meta": {"text": ["..."]}`` on the result item, so the
-annotator sees the reasoning beside each mask and it survives into the submitted annotation.
+Each mask control of the config (``BrushLabels``, ``BitmaskLabels``, ``PolygonLabels``, in document order)
+gets every level, labelled by the level rule applied to that control (``label_config.level_labels``), in
+its own format (``backend.label_studio.formats``): one brush or bitmask region per level, one polygon region
+per connected component. Each level's chain text goes into its regions' ``meta``: Label Studio keeps a
+region's free-text note (the "Meta" box of the region panel) as ``"meta": {"text": ["..."]}`` on the result
+item, so the annotator sees the reasoning beside each mask and it survives into the submitted annotation.
+Polygon regions add the level's polygons-vs-mask IoU to that text and as ``meta.polygon_iou``.
 """
 
 from __future__ import annotations
@@ -22,12 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from backend.label_studio.formats.regions import TYPES, decode_value, level_values
 from backend.label_studio.label_config import SegmentationSchema, level_labels
-from backend.label_studio.rle import decode_mask, encode_mask
 
 logger = logging.getLogger(__name__)
 
-RESULT_TYPE = "brushlabels"
 _ID_BYTES = 8  # 8 random bytes -> 11 url-safe characters
 
 
@@ -73,12 +76,13 @@ def build_prediction(
         height: original image height in pixels.
         model_version: written to the prediction (Label Studio compares it with the backend's version).
         mapping: explicit level -> label overrides (``parse_level_mapping``); by default level k gets the
-            k-th label of the BrushLabels tag.
+            k-th label of each mask control.
 
     Returns:
         A JSON-safe prediction dict: ``model_version``, ``score`` (the score of the highest level, the
-        chain's final answer) and ``result`` with one region per level, in level order, each with a unique
-        id. A level with an empty mask still gets its (empty) region, so every level is accounted for.
+        chain's final answer) and ``result``: per mask control (document order), the regions of every
+        level in level order, each with a unique id. A level with an empty mask still gets its (empty)
+        brush or bitmask region, so every level is accounted for; it has no polygon region.
 
     Raises:
         ValueError: no levels, duplicate or non-positive level indices, a mask not of shape (height, width).
@@ -92,55 +96,64 @@ def build_prediction(
     indices = [int(level["index"]) for level in ordered]
     if indices[0] < 1 or len(set(indices)) != len(indices):
         raise ValueError(f"expected distinct 1-based level indices, got {indices}")
-    labels = level_labels(schema, indices[-1], mapping)
+    masks = [_level_mask(level, height, width) for level in ordered]
 
     taken: set[str] = set()
     regions = []
-    for level, index in zip(ordered, indices, strict=True):
-        mask = _level_mask(level, height, width)
-        region_id = new_region_id(taken)
-        taken.add(region_id)
-        region: dict[str, Any] = {
-            "id": region_id,
-            "from_name": schema.brush_from_name,
-            "to_name": schema.image_name,
-            "type": RESULT_TYPE,
-            "original_width": int(width),
-            "original_height": int(height),
-            "image_rotation": 0,
-            "value": {"format": "rle", "rle": encode_mask(mask), "brushlabels": [labels[index - 1]]},
-            "score": float(level["score"]),
-            "readonly": False,
-        }
-        text = str(level.get("text") or "").strip()
-        if text:
-            region["meta"] = {"text": [text]}
-        regions.append(region)
-        logger.debug("level %d -> %r: %d pixels", index, labels[index - 1], int(mask.sum()))
+    for control in schema.controls:
+        labels = level_labels(control, indices[-1], mapping)
+        for level, index, mask in zip(ordered, indices, masks, strict=True):
+            text = str(level.get("text") or "").strip()
+            for part in level_values(control.type, mask):
+                region_id = new_region_id(taken)
+                taken.add(region_id)
+                value = dict(part.value)
+                value[control.type] = [labels[index - 1]]
+                region: dict[str, Any] = {
+                    "id": region_id,
+                    "from_name": control.name,
+                    "to_name": schema.image_name,
+                    "type": control.type,
+                    "original_width": int(width),
+                    "original_height": int(height),
+                    "image_rotation": 0,
+                    "value": value,
+                    "score": float(level["score"]),
+                    "readonly": False,
+                }
+                note = " ".join(t for t in (text, f"({part.note})" if part.note and text else part.note) if t)
+                if note or part.meta:
+                    region["meta"] = ({"text": [note]} if note else {}) | part.meta
+                regions.append(region)
+            logger.debug(
+                "level %d -> %s %r: %d pixels", index, control.describe(), labels[index - 1], mask.sum()
+            )
 
     return {"model_version": model_version, "score": float(ordered[-1]["score"]), "result": regions}
 
 
 def decode_prediction(result_items: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Decode the brush regions of a prediction's or annotation's ``result`` into one mask per label.
+    """Decode the mask regions (brush, bitmask, polygon) of a prediction's or annotation's ``result`` into
+    one mask per label.
 
-    Items of other types (e.g. the textarea prompt) are skipped. Several regions with the same label are
-    merged with a logical OR.
+    Items of other types (e.g. the textarea prompt) are skipped. Several regions with the same label, of
+    any mask type, are merged with a logical OR.
 
     Returns:
         ``{label: HxW bool mask}`` at each region's ``original_height`` x ``original_width``.
 
     Raises:
-        ValueError: a brush region whose RLE does not match its size, or same-label regions of
+        ValueError: a region whose value does not decode at its size, or same-label regions of
             different sizes.
     """
     masks: dict[str, np.ndarray] = {}
     for item in result_items:
-        if str(item.get("type", "")).lower() != RESULT_TYPE:
+        kind = str(item.get("type", "")).lower()
+        if kind not in TYPES:
             continue
         value = item["value"]
-        mask = decode_mask(value["rle"], int(item["original_height"]), int(item["original_width"]))
-        for label in value.get("brushlabels", []):
+        mask = decode_value(kind, value, int(item["original_height"]), int(item["original_width"]))
+        for label in value.get(kind, []):
             if label in masks:
                 if masks[label].shape != mask.shape:
                     raise ValueError(

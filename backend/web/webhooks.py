@@ -20,14 +20,14 @@ request is Label Studio's): record the event, enqueue work, return.
   thread pool fetches the prediction from Label Studio and updates the record (``backend.corrections.enrich``;
   ``python -m backend corrections enrich`` resolves what is left). The answer's ``status`` is
   what the store did: ``created``, ``duplicate`` (a replayed webhook: that revision is already stored),
-  ``deleted`` or ``ignored`` (e.g. a skipped task, or a project whose config has no brush labels), with
+  ``deleted`` or ``ignored`` (e.g. a skipped task, or a project whose config has no mask control), with
   ``record`` (the record id) and ``detail``.
 - ``START_TRAINING`` enqueues one fine-tune job for the project (``backend.training.requests``): ``queued``
   with the new ``job`` id, or ``already_queued`` with the id of the training job that is still waiting or
   running for that project.
 
 A body the handler cannot read (no annotation object, no annotation id or ``updated_at``, no
-``project.label_config``, a brush region that does not decode) raises ``WebhookPayloadError``: the web
+``project.label_config``, a mask region that does not decode) raises ``WebhookPayloadError``: the web
 answers 400 with its message and nothing is recorded.
 """
 

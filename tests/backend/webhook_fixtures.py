@@ -118,6 +118,44 @@ def annotation_payload(
     return {"action": action, "annotation": annotation, "task": task, "project": project(project_id)}
 
 
+def annotation_webhook(
+    project: int,
+    task: int,
+    data: dict[str, Any],
+    regions: list[dict[str, Any]],
+    query: str,
+    annotation: int,
+    config: str | None = None,
+) -> dict[str, Any]:
+    """ANNOTATION_CREATED as Label Studio 1.23 sends it for an annotation on ``config`` (default: the
+    shipped config) that kept ``regions`` and the prompt ``query`` (no prediction in the payload, no parent
+    prediction)."""
+    prompt = {
+        "id": "prompt1",
+        "from_name": "prompt",
+        "to_name": "image",
+        "type": "textarea",
+        "value": {"text": [query]},
+    }
+    return {
+        "action": "ANNOTATION_CREATED",
+        "annotation": {
+            "id": annotation,
+            "result": [*copy.deepcopy(regions), prompt],
+            "task": task,
+            "project": project,
+            "completed_by": 1,
+            "created_at": "2025-03-01T10:00:00Z",
+            "updated_at": "2025-03-01T10:00:00Z",
+            "prediction": {},
+            "parent_prediction": None,
+            "was_cancelled": False,
+        },
+        "project": {"id": project, "label_config": config if config is not None else shipped_label_config()},
+        "task": {"id": task, "data": data},
+    }
+
+
 def make_webhook_fixtures() -> dict[str, dict[str, Any]]:
     """The webhook bodies stored under tests/fixtures/webhooks (deterministic)."""
     created = annotation_payload(

@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 import redis
+from playwright.sync_api import BrowserContext, sync_playwright
 
 from tests.backend_server import BackendServer
+from tests.e2e.browser import CHROMIUM, launch
 from tests.e2e.label_studio import (
     DEFAULT_EXECUTABLE,
     SETUP_HINT,
@@ -49,6 +51,20 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         yield server
     finally:
         process.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[BrowserContext]:
+    """Debian's Chromium (headless, fresh profile) through Playwright's bundled driver
+    (``tests.e2e.browser.launch``)."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup_browser.sh` (as root)", pytrace=False)
+    with sync_playwright() as playwright:
+        context = launch(playwright, tmp_path / "chromium-profile")
+        try:
+            yield context
+        finally:
+            context.close()
 
 
 # --- fixtures for the backend end-to-end tests (tests/e2e/test_backend_e2e.py) ---------------------------

@@ -17,141 +17,34 @@ Screenshots of every step go to ``artifacts/browser/`` (gitignored); on failure 
 
 from __future__ import annotations
 
-import io
-import os
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
-from PIL import Image
-from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import BrowserContext
 
 from backend.label_studio.label_config import parse_label_config, shipped_label_config
-from tests.backend_server import REPO_ROOT, BackendServer, correction_records
+from tests.backend_server import BackendServer, wait_for_record
+from tests.e2e.browser import Shots, interactive_project, png, submit, wait_until
 from tests.e2e.label_studio import LabelStudioServer
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = REPO_ROOT / "artifacts" / "browser"
 QUERY = "the thing you would use to cut the bread"
 SHIPPED_CONFIG = shipped_label_config()
 LEVEL_LABELS = list(parse_label_config(SHIPPED_CONFIG).labels)  # level 1, level 2, in the config's order
 PROMPT_PLACEHOLDER = ET.fromstring(SHIPPED_CONFIG).find("TextArea").get("placeholder")  # type: ignore[union-attr]
 IMAGE_SIZE = (128, 96)  # width, height
-UI_TIMEOUT_MS = 60_000
 RECORD_WAIT_S = 60.0
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[BrowserContext]:
-    """Debian's Chromium (headless, fresh profile) through Playwright's bundled driver."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup_browser.sh` (as root)", pytrace=False)
-    with sync_playwright() as playwright:
-        context = _launch(playwright, tmp_path / "chromium-profile")
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        context.set_default_navigation_timeout(UI_TIMEOUT_MS)
-        try:
-            yield context
-        finally:
-            context.close()
-
-
-def _launch(playwright: Playwright, profile: Path) -> BrowserContext:
-    return playwright.chromium.launch_persistent_context(
-        str(profile),
-        executable_path=str(CHROMIUM),
-        headless=True,
-        args=CHROMIUM_FLAGS,
-        viewport={"width": 1600, "height": 1000},
-    )
-
-
-class Shots:
-    """Numbered screenshots of the steps in ``ARTIFACTS`` (emptied first)."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.count = 0
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for old in ARTIFACTS.iterdir():
-            if old.is_file():
-                old.unlink()
-
-    def take(self, step: str) -> None:
-        self.count += 1
-        self.page.screenshot(path=str(ARTIFACTS / f"{self.count:02d}-{step}.png"), full_page=True)
-
-    @contextmanager
-    def on_failure(self) -> Iterator[None]:
-        """Save ``failure.png`` and ``failure.html`` when the block raises."""
-        try:
-            yield
-        except BaseException:
-            try:
-                self.page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
-                (ARTIFACTS / "failure.html").write_text(self.page.content())
-            except Exception as exc:  # the page itself may be gone; keep the original error
-                (ARTIFACTS / "failure.txt").write_text(f"could not capture the page: {exc}")
-            raise
-
-
-def _png(width: int, height: int) -> bytes:
-    pixels = (np.random.default_rng(7).random((height, width, 3)) * 255).astype("uint8")
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _project_with_uploaded_image(label_studio: LabelStudioServer, backend: BackendServer) -> tuple[int, int]:
-    """A project on the shipped config, one uploaded image task, the backend connected as interactive."""
-    client = label_studio.sdk()
-    project = client.projects.create(title="annotator in a browser", label_config=SHIPPED_CONFIG)
-    assert project.id is not None
-    label_studio.api(
-        "POST",
-        f"/api/projects/{project.id}/import",
-        files={"file": ("kitchen.png", _png(*IMAGE_SIZE), "image/png")},
-    )
-    tasks = list(client.tasks.list(project=project.id))
-    assert len(tasks) == 1
-    assert str(tasks[0].data["image"]).startswith("/data/upload/")
-    client.ml.create(project=project.id, url=backend.url, is_interactive=True, title="CoReS")
-    assert tasks[0].id is not None
-    return project.id, tasks[0].id
-
-
-def _wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def test_annotator_gets_one_mask_per_level_from_a_query_and_the_correction_is_recorded(
     label_studio: LabelStudioServer, e2e_backend: BackendServer, browser: BrowserContext
 ) -> None:
-    project, task = _project_with_uploaded_image(label_studio, e2e_backend)
+    project, task = interactive_project(
+        label_studio, e2e_backend.url, SHIPPED_CONFIG, "annotator in a browser", png(*IMAGE_SIZE)
+    )
     page = browser.pages[0] if browser.pages else browser.new_page()
     shots = Shots(page)
     with shots.on_failure():
@@ -175,7 +68,7 @@ def test_annotator_gets_one_mask_per_level_from_a_query_and_the_correction_is_re
         toggle = page.get_by_test_id("bottombar-auto-annotation-toggle")
         assert not toggle.is_checked()
         page.get_by_text("Auto-Annotation", exact=True).click()
-        _wait_until(toggle.is_checked, 10, "the Auto-Annotation toggle to switch on")
+        wait_until(toggle.is_checked, 10, "the Auto-Annotation toggle to switch on")
         shots.take("auto-annotation-on")
 
         # 4. type the query and add it: Label Studio asks the backend for an interactive prediction
@@ -192,19 +85,13 @@ def test_annotator_gets_one_mask_per_level_from_a_query_and_the_correction_is_re
         # 5. accept the suggestions: one brush region per chain level, labelled with the level's label
         accept.click()
         titles = page.locator(".lsf-outliner-item .lsf-outliner-item__title")
-        _wait_until(lambda: titles.count() == len(LEVEL_LABELS), 20, "one region per level")
+        wait_until(lambda: titles.count() == len(LEVEL_LABELS), 20, "one region per level")
         assert [t.strip() for t in titles.all_inner_texts()] == LEVEL_LABELS
         assert page.locator(".lsf-outliner-item").count() == len(LEVEL_LABELS)
         shots.take("regions")
 
         # 6. submit the annotation
-        with page.expect_response(
-            lambda r: f"/api/tasks/{task}/annotations" in r.url and r.request.method == "POST"
-        ) as created:
-            page.get_by_test_id("bottombar-submit-button").click()
-        assert created.value.status == 201, created.value.text()
-        annotation_id = created.value.json()["id"]
-        page.get_by_test_id("bottombar-update-button").wait_for()  # Submit became Update
+        annotation_id = submit(page, task)  # Submit became Update
         shots.take("submitted")
 
     # Label Studio stored what the annotator accepted: the query and one brush mask per level
@@ -222,13 +109,7 @@ def test_annotator_gets_one_mask_per_level_from_a_query_and_the_correction_is_re
         assert mask.shape == (height, width)
 
     # the backend recorded the correction from the ANNOTATION_CREATED webhook
-    records = _wait_until(
-        lambda: [r for r in correction_records(e2e_backend, project) if r["annotation"] == annotation_id],
-        RECORD_WAIT_S,
-        f"the correction store to hold annotation {annotation_id} "
-        f"(backend log: {e2e_backend.log_tail(1500)})",
-    )
-    record = records[-1]
+    record = wait_for_record(e2e_backend, project, annotation_id, RECORD_WAIT_S)
     assert record["task"] == task
     assert record["query"] == QUERY
     assert [level["label"] for level in record["levels"]] == LEVEL_LABELS

@@ -233,7 +233,7 @@ def check_chain_prediction(
     assert len({r["id"] for r in regions}) == N_LEVELS, "region ids must be unique"
     masks = []
     for region in regions:
-        assert region["from_name"] == SCHEMA.brush_from_name
+        assert region["from_name"] == SCHEMA.controls[0].name
         assert region["to_name"] == SCHEMA.image_name
         assert (region["original_width"], region["original_height"]) == (width, height)
         assert region["value"]["format"] == "rle"
@@ -583,7 +583,7 @@ def annotation_result(size: tuple[int, int], query: str = QUERY) -> list[dict[st
     return [
         {
             "id": "knife1",
-            "from_name": SCHEMA.brush_from_name,
+            "from_name": SCHEMA.controls[0].name,
             "to_name": SCHEMA.image_name,
             "type": "brushlabels",
             "original_width": width,

@@ -11,7 +11,6 @@ Real Redis, real rq worker on the tiny model, the Flask test client, the fake La
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -40,7 +39,7 @@ from backend.web.webhooks import CorrectionWebhooks
 from tests.backend.conftest import PROMPT_CONFIG, run_with_worker
 from tests.backend.fake_label_studio import TOKEN, FakeLabelStudio, data_uri, png_bytes
 from tests.backend.payloads import predict_body
-from tests.backend.webhook_fixtures import load
+from tests.backend.webhook_fixtures import annotation_webhook, load
 
 SHIPPED = shipped_label_config()
 SCHEMA = parse_label_config(SHIPPED)
@@ -71,37 +70,6 @@ def fixture_prediction() -> dict[str, Any]:
     return dict(prediction, task=22)
 
 
-def annotation_webhook(
-    project: int, task: int, data: dict[str, Any], regions: list[dict[str, Any]], query: str, annotation: int
-) -> dict[str, Any]:
-    """ANNOTATION_CREATED as Label Studio 1.23 sends it for an annotation on the shipped config that kept
-    ``regions`` and the prompt ``query`` (no prediction in the payload, no parent prediction)."""
-    prompt = {
-        "id": "prompt1",
-        "from_name": "prompt",
-        "to_name": "image",
-        "type": "textarea",
-        "value": {"text": [query]},
-    }
-    return {
-        "action": "ANNOTATION_CREATED",
-        "annotation": {
-            "id": annotation,
-            "result": [*copy.deepcopy(regions), prompt],
-            "task": task,
-            "project": project,
-            "completed_by": 1,
-            "created_at": "2025-03-01T10:00:00Z",
-            "updated_at": "2025-03-01T10:00:00Z",
-            "prediction": {},
-            "parent_prediction": None,
-            "was_cancelled": False,
-        },
-        "project": {"id": project, "label_config": SHIPPED},
-        "task": {"id": task, "data": data},
-    }
-
-
 def interactive(
     worker: SimpleWorker, client: FlaskClient, task: int, data: dict[str, Any], query: str
 ) -> Any:
@@ -130,12 +98,14 @@ def test_an_accepted_interactive_prediction_is_recorded_from_the_prediction_memo
         ("the cup", "interactive", "cores-cores"),
     ]
     assert (entries[0]["width"], entries[0]["height"]) == (40, 30)
-    assert [lvl["label"] for lvl in entries[0]["levels"]] == list(SCHEMA.labels)
+    assert [region["label"] for region in entries[0]["regions"]] == list(SCHEMA.labels)
     remembered = recall(redis_conn, 1, 7, "  The CUP ")  # the annotation's query picks the entry
     assert remembered is not None
     assert remembered.query == "the cup"
-    assert [lvl.rle for lvl in remembered.levels] == [r["value"]["rle"] for r in first["result"]]
-    assert remembered.levels[0].score == pytest.approx(first["result"][0]["score"])
+    assert [region.value["rle"] for region in remembered.regions] == [
+        r["value"]["rle"] for r in first["result"]
+    ]
+    assert remembered.regions[0].score == pytest.approx(first["result"][0]["score"])
 
     # the annotator kept the first prediction unchanged (older than the second: the query decides)
     body = annotation_webhook(1, 7, data, first["result"], "the cup", annotation=501)
@@ -179,7 +149,9 @@ def test_batch_predictions_are_remembered_per_task(
         16,
         12,
     )
-    assert [lvl.rle for lvl in remembered.levels] == [r["value"]["rle"] for r in results[0]["result"]]
+    assert [region.value["rle"] for region in remembered.regions] == [
+        r["value"]["rle"] for r in results[0]["result"]
+    ]
     assert "error" in results[1]
     assert redis_conn.exists(memory_key(1, 12)) == 0
 

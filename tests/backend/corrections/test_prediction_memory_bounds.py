@@ -6,8 +6,8 @@ import numpy as np
 import redis
 
 from backend.corrections.prediction_memory import (
-    RememberedLevel,
     RememberedPrediction,
+    RememberedRegion,
     memory_key,
     recall,
     remember,
@@ -24,7 +24,11 @@ def entry(mask: np.ndarray) -> RememberedPrediction:
         mask.shape[1],
         mask.shape[0],
         0.5,
-        (RememberedLevel("Level 1", 0.5, encode_mask(mask)),),
+        (
+            RememberedRegion(
+                "brushlabels", "tag", "Level 1", 0.5, {"format": "rle", "rle": encode_mask(mask)}
+            ),
+        ),
     )
 
 

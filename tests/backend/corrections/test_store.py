@@ -331,8 +331,8 @@ def test_query_falls_back_to_the_task_data_and_labels_follow_the_config(store: C
     record = recorded(store, payload, schema=OTHER_SCHEMA, n_levels=2)
     assert (record.query, record.image_ref) == ("the bread knife", "s3://bucket/k.jpg")
     assert [(lvl.level, lvl.label) for lvl in record.levels] == [(1, kitchen), (2, knife)]
-    assert label_levels(OTHER_SCHEMA) == {kitchen: 1, knife: 2, spare: 3}
-    assert label_levels(SCHEMA, {1: L2, 2: L1}) == {L2: 1, L1: 2}
+    assert label_levels(OTHER_SCHEMA.controls[0]) == {kitchen: 1, knife: 2, spare: 3}
+    assert label_levels(SCHEMA.controls[0], {1: L2, 2: L1}) == {L2: 1, L1: 2}
 
 
 def test_utc_iso_normalises_times():

@@ -8,6 +8,7 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from backend.label_studio.label_config import (
     LabelConfigError,
+    MaskControl,
     SegmentationSchema,
     level_labels,
     parse_label_config,
@@ -37,12 +38,11 @@ def test_shipped_config_parses_to_one_label_per_level() -> None:
     assert schema == SegmentationSchema(
         image_name="image",
         image_field="image",
-        brush_from_name="tag",
-        labels=("Context (level 1)", "Target (level 2)"),
+        controls=(MaskControl("brushlabels", "tag", ("Context (level 1)", "Target (level 2)")),),
         prompt_from_name="prompt",
         query_field=None,
     )
-    assert level_labels(schema, 2) == ["Context (level 1)", "Target (level 2)"]
+    assert level_labels(schema.controls[0], 2) == ["Context (level 1)", "Target (level 2)"]
 
 
 def test_shipped_config_prompt_attributes() -> None:
@@ -67,7 +67,7 @@ def test_arbitrary_tag_names_and_extra_tags() -> None:
     schema = parse_label_config(config)
     assert schema.image_name == "photo"
     assert schema.image_field == "img_url"
-    assert schema.brush_from_name == "masks"
+    assert [(c.type, c.name) for c in schema.controls] == [("brushlabels", "masks")]
     assert schema.labels == ("Kitchen", "Knife", "Spare")  # document order, nested <View> included
     assert schema.prompt_from_name == "question"
     assert schema.query_field == "query"
@@ -125,7 +125,7 @@ def test_label_alias_is_the_result_value() -> None:
 
 def test_xml_declaration_is_accepted() -> None:
     config = '<?xml version="1.0" encoding="UTF-8"?>\n' + shipped_label_config()
-    assert parse_label_config(config).brush_from_name == "tag"
+    assert parse_label_config(config).controls[0].name == "tag"
 
 
 # --- errors -------------------------------------------------------------------------------------------
@@ -144,7 +144,8 @@ def test_xml_declaration_is_accepted() -> None:
                 '<Image name="im" value="$pic"/><RectangleLabels name="r" toName="im"><Label value="A"/>'
                 "</RectangleLabels>"
             ),
-            r"expected a <BrushLabels> tag with toName set to an <Image> \(im\), found none",
+            r"expected a <BrushLabels>, <BitmaskLabels> or <PolygonLabels> tag with toName set to an "
+            r"<Image> \(im\), found none",
             id="no-brushlabels",
         ),
         pytest.param(
@@ -240,9 +241,7 @@ def test_parse_level_mapping_errors(text: str, expected: str) -> None:
         parse_level_mapping(text)
 
 
-SCHEMA = SegmentationSchema(
-    image_name="im", image_field="pic", brush_from_name="b", labels=("Room", "Knife", "Spare")
-)
+SCHEMA = MaskControl("brushlabels", "b", ("Room", "Knife", "Spare"))
 
 
 def test_level_labels_default_is_kth_label() -> None:
@@ -286,11 +285,11 @@ def test_the_schema_cache_is_bounded_by_config_bytes() -> None:
     cache = SchemaCache(max_bytes=10_000)
     configs = [config(n, 3_000) for n in range(10)]
     for text in configs:
-        assert cache.get(text).brush_from_name.startswith("tag")
+        assert cache.get(text).controls[0].name.startswith("tag")
     assert cache.size_bytes <= 10_000
     assert len(cache) == 3  # the newest three fit, the older ones were evicted
     huge = config(99, 20_000)
-    assert cache.get(huge).brush_from_name == "tag99"  # parsed, but bigger than the bound: not kept
+    assert cache.get(huge).controls[0].name == "tag99"  # parsed, but bigger than the bound: not kept
     assert len(cache) == 3
     assert cache.size_bytes <= 10_000
 
@@ -300,3 +299,53 @@ def test_a_config_with_a_lone_surrogate_is_a_config_error() -> None:
 
     with pytest.raises(LabelConfigError, match="lone surrogate"):
         parse_label_config('<View><Image name="i\ud800" value="$image"/></View>')
+
+
+# --- bitmask and polygon controls ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("bitmask", [("bitmasklabels", "mask")]),
+        ("polygon", [("polygonlabels", "poly")]),
+        ("all_masks", [("polygonlabels", "poly"), ("brushlabels", "brush"), ("bitmasklabels", "mask")]),
+    ],
+)
+def test_configs_with_bitmask_or_polygon_controls(name: str, expected: list[tuple[str, str]]) -> None:
+    config = (FIXTURES / f"label_config_{name}.xml").read_text(encoding="utf-8")
+    LabelInterface(config).validate()
+    schema = parse_label_config(config)
+    assert [(c.type, c.name) for c in schema.controls] == expected
+    assert (schema.image_name, schema.image_field, schema.prompt_from_name) == ("image", "image", "prompt")
+    assert all(len(c.labels) == 2 for c in schema.controls)
+    assert schema.control(expected[0][1], expected[0][0]) == schema.controls[0]
+    assert schema.control(expected[0][1], "brushlabels" if expected[0][0] != "brushlabels" else "x") is None
+
+
+def test_mask_controls_on_another_image_are_ignored() -> None:
+    schema = parse_label_config(
+        _config(
+            '<Image name="im" value="$pic"/><Image name="other" value="$b"/>'
+            '<PolygonLabels name="p" toName="im"><Label value="A"/></PolygonLabels>'
+            '<BitmaskLabels name="m" toName="other"><Label value="A"/></BitmaskLabels>'
+            '<BitmaskLabels name="m2" toName="im"><Label value="B"/></BitmaskLabels>'
+        )
+    )
+    assert [c.name for c in schema.controls] == ["p", "m2"]
+
+
+def test_a_polygon_control_without_labels_is_named() -> None:
+    with pytest.raises(LabelConfigError, match=r'<PolygonLabels name="p"> to hold at least one <Label'):
+        parse_label_config(_config('<Image name="im" value="$pic"/><PolygonLabels name="p" toName="im"/>'))
+
+
+def test_the_schema_travels_as_json() -> None:
+    schema = parse_label_config((FIXTURES / "label_config_all_masks.xml").read_text(encoding="utf-8"))
+    assert SegmentationSchema.from_json(schema.to_json()) == schema
+
+
+def test_a_job_queued_before_several_mask_tags_still_reads() -> None:
+    old = {"image_name": "image", "image_field": "image", "brush_from_name": "tag", "labels": ["A", "B"]}
+    schema = SegmentationSchema.from_json(old | {"prompt_from_name": "prompt", "query_field": None})
+    assert schema.controls == (MaskControl("brushlabels", "tag", ("A", "B")),)

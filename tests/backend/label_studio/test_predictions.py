@@ -1,4 +1,5 @@
-"""backend.label_studio.predictions: chain levels -> Label Studio brushlabels prediction (and back)."""
+"""backend.label_studio.predictions: chain levels -> a Label Studio prediction in every mask control of the
+config (brush, bitmask, polygon; and back)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from tests.paths import FIXTURES
 CONFIGS = {
     "shipped": shipped_label_config(),
     "other_names": (FIXTURES / "label_config_other_names.xml").read_text(encoding="utf-8"),
+} | {
+    name: (FIXTURES / f"label_config_{name}.xml").read_text(encoding="utf-8")
+    for name in ("bitmask", "polygon", "all_masks")
 }
+PAYLOAD_KEYS = {"rle": "<rle>", "imageDataURL": "<png>", "points": "<points>"}
 
 
 def _chain() -> tuple[list[dict[str, Any]], int, int, str]:
@@ -35,11 +40,14 @@ def _chain() -> tuple[list[dict[str, Any]], int, int, str]:
 
 
 def _skeleton(prediction: dict[str, Any]) -> dict[str, Any]:
-    """The prediction with its random ids and RLE bytes replaced by placeholders."""
+    """The prediction with its random ids and mask payloads (RLE bytes, PNG data URLs, polygon points)
+    replaced by placeholders."""
     out = copy.deepcopy(prediction)
     for item in out["result"]:
         item["id"] = "<id>"
-        item["value"]["rle"] = "<rle>"
+        for key, placeholder in PAYLOAD_KEYS.items():
+            if key in item["value"]:
+                item["value"][key] = placeholder
     return out
 
 
@@ -156,3 +164,63 @@ def test_bad_level_indices(indices: list[int]) -> None:
     bad = [dict(levels[0], index=i) for i in indices]
     with pytest.raises(ValueError, match="level"):
         build_prediction(bad, parse_label_config(shipped_label_config()), width, height, version)
+
+
+# --- several mask controls: every one gets every level ---------------------------------------------------
+
+
+def test_every_mask_control_gets_every_level_with_its_own_labels() -> None:
+    levels, width, height, version = _chain()
+    schema = parse_label_config(CONFIGS["all_masks"])
+    prediction = build_prediction(levels, schema, width, height, version)
+    got = [(item["from_name"], item["type"], item["value"][item["type"]]) for item in prediction["result"]]
+    assert got == [
+        ("poly", "polygonlabels", ["Room"]),
+        ("poly", "polygonlabels", ["Knife"]),
+        ("brush", "brushlabels", ["Context (level 1)"]),
+        ("brush", "brushlabels", ["Target (level 2)"]),
+        ("mask", "bitmasklabels", ["Where"]),
+        ("mask", "bitmasklabels", ["What"]),
+    ]
+    ids = [item["id"] for item in prediction["result"]]
+    assert len(set(ids)) == len(ids)
+    assert [item["score"] for item in prediction["result"]] == [0.91, 0.78] * 3
+    masks = decode_prediction(prediction["result"])  # brush, bitmask and polygons all decode to the level
+    for labels, level in zip(
+        (("Room", "Context (level 1)", "Where"), ("Knife", "Target (level 2)", "What")), levels, strict=True
+    ):
+        for label in labels:
+            np.testing.assert_array_equal(masks[label], level["mask"], err_msg=label)
+
+
+def test_a_mapping_applies_to_every_control_and_names_the_one_that_lacks_a_label() -> None:
+    levels, width, height, version = _chain()
+    schema = parse_label_config(CONFIGS["all_masks"])
+    with pytest.raises(LabelConfigError, match=r'mapped to label "Knife", but <BrushLabels name="brush">'):
+        build_prediction(levels, schema, width, height, version, mapping={2: "Knife"})
+
+
+def test_polygon_regions_carry_the_levels_iou_in_their_meta() -> None:
+    levels, width, height, version = _chain()
+    levels[1]["mask"] = np.zeros((height, width), dtype=bool)
+    levels[1]["mask"][5:25, 5:35] = True
+    levels[1]["mask"][10:20, 12:28] = False  # a hole: kept by a cut
+    levels[1]["mask"][0, 0] = True  # a speck under the minimum area: no polygon, and the IoU says so
+    prediction = build_prediction(levels, parse_label_config(CONFIGS["polygon"]), width, height, version)
+    target = [item for item in prediction["result"] if item["value"]["polygonlabels"] == ["Target (level 2)"]]
+    assert len(target) == 1
+    iou = target[0]["meta"]["polygon_iou"]
+    expected = (20 * 30 - 10 * 16) / (20 * 30 - 10 * 16 + 1)  # every pixel but the speck
+    assert iou == pytest.approx(expected, abs=1e-4)
+    assert target[0]["meta"]["text"] == [f"the bread knife (polygons vs mask IoU {iou:.3f})"]
+
+
+def test_an_empty_level_gets_no_polygon_but_an_empty_bitmask() -> None:
+    levels, width, height, version = _chain()
+    levels[1]["mask"] = np.zeros((height, width), dtype=bool)
+    schema = parse_label_config(CONFIGS["all_masks"])
+    prediction = build_prediction(levels, schema, width, height, version)
+    kinds = [(item["type"], item["value"][item["type"]][0]) for item in prediction["result"]]
+    assert ("polygonlabels", "Knife") not in kinds
+    assert ("bitmasklabels", "What") in kinds
+    assert not decode_prediction(prediction["result"])["What"].any()
