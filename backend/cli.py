@@ -3,7 +3,8 @@
 - ``serve [--dev] [--port N]``: the web server (waitress, or Flask's with ``--dev``) on ``PORT``; without
   ``REDIS_URL`` also an embedded Redis and one worker; without ``CORES_CHECKPOINT`` a tiny random demo
   checkpoint (``backend.web.server``).
-- ``worker [--burst] [--queues ...] [--name N]``: a GPU worker (``backend.jobs.worker``).
+- ``worker [--burst] [--queues ...] [--name N] [--gpus all|0,1]``: a GPU worker (``backend.jobs.worker``), or
+  one per GPU under a supervisor (``backend.jobs.gpus``).
 - ``preannotate --project ID [--query Q | --query-field F] [--batch-size N]``: bulk pre-annotation
   (``backend.bulk.preannotate``); without ``REDIS_URL`` it runs its own embedded Redis and worker.
 - ``doctor [--load]``: check the deployment, one OK/WARN/SKIP/FAIL line per check (``backend.doctor``).
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="queues, in priority order",
     )
     worker.add_argument("--name", default=None, help="worker name (default: random)")
+    worker.add_argument(
+        "--gpus",
+        default=None,
+        metavar="all|0,1,...",
+        help="run one worker process per GPU (named NAME-gpuN; NAME defaults to the host name), "
+        "supervised: signals are passed on, crashed workers restarted",
+    )
 
     pre = commands.add_parser(
         "preannotate",
@@ -163,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from backend.doctor import doctor
 
         return doctor(settings, load=args.load)
+    if args.command == "worker" and args.gpus is not None:
+        from backend.jobs.gpus import run_gpu_workers
+
+        return run_gpu_workers(args.gpus, name=args.name, queues=args.queues, burst=args.burst)
     if args.command == "worker":
         from backend.jobs.worker import run_worker
 

@@ -2,7 +2,7 @@
 receives (``payloads``), the prediction job (``predict``), who delivers a batch's predictions
 (``delivery``), the GPU worker that loads the model once (``worker``), its graceful shutdown
 (``shutdown``), riding out Redis outages (``redis_outages``), counting live workers (``census``) and the
-embedded Redis of one-machine runs (``embedded``).
+embedded Redis of one-machine runs (``embedded``), and one worker per GPU (``gpus``).
 
 The model (cores) is imported inside the worker only, never when the web imports ``queues``.
 

@@ -2,8 +2,9 @@
 
 - Three queues, in the priority order every worker listens to them: ``interactive`` (an annotator waits),
   ``bulk`` (batch predictions, pre-annotation), ``train`` (fine-tuning, ``backend.training.requests``).
-- Every Queue, Job and Worker uses ``rq.serializers.JSONSerializer``: job arguments and results are JSON,
-  never pickle, so a Redis shared with other tools can never make a worker unpickle foreign bytes.
+- Every Queue, Job and Worker uses ``QueueSerializer`` (``backend.operations.json_codec``: orjson): job
+  arguments and results are plain JSON, never pickle, so a Redis shared with other tools can never make a
+  worker unpickle foreign bytes; jobs written with rq's stock ``JSONSerializer`` read back unchanged.
 - Jobs are referenced by dotted path strings (``backend.jobs.predict.predict_tasks``): the web never imports
   the job module or its heavy dependencies.
 - Each queue is bounded: ``enqueue`` raises ``QueueFull`` when ``MAX_QUEUED`` jobs already wait there;
@@ -32,8 +33,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.results import Result
-from rq.serializers import JSONSerializer
 
+from backend.operations.json_codec import QueueSerializer
 from backend.operations.logs import REQUEST_ID_META, current_request_id
 from backend.operations.redis_client import describe_connection
 from backend.operations.settings import Settings
@@ -45,7 +46,7 @@ BULK = "bulk"
 TRAIN = "train"
 QUEUE_NAMES = (INTERACTIVE, BULK, TRAIN)
 """Queue names in priority order: a worker takes interactive jobs first, then bulk, then train."""
-SERIALIZER = JSONSerializer
+SERIALIZER = QueueSerializer
 PREDICT_JOB = "backend.jobs.predict.predict_tasks"
 """Dotted path of the prediction job (``backend.jobs.predict.predict_tasks``)."""
 RETRY_AFTER_S = 5

@@ -51,6 +51,7 @@ from backend.operations.metrics import MetricsStore
 from backend.operations.settings import Settings, SettingsError
 from backend.operations.version_names import VersionError
 from backend.versions.serving import version_store
+from backend.web.json_provider import FastJSONProvider
 from backend.web.request_log import install_request_log
 from backend.web.routes import routes
 from backend.web.state import EXTENSION, BackendState
@@ -95,7 +96,7 @@ def create_app(
     configure_schema_cache(settings.label_config_cache_bytes)
     metrics = MetricsStore(connection)
     app = Flask(__name__)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = FastJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions[EXTENSION] = BackendState(
         settings=settings,

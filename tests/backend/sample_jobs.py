@@ -6,6 +6,7 @@ Plain module-level functions with JSON-safe arguments and results, like ``backen
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from rq import get_current_job
@@ -36,3 +37,9 @@ def wait_for_key(key: str, timeout_s: float) -> str:
             return value.decode()
         time.sleep(0.05)
     raise TimeoutError(f"{key} did not appear within {timeout_s} s")
+
+
+def visible_devices(key: str, timeout_s: float) -> dict[str, str | None]:
+    """Once the Redis key ``key`` exists: which devices this worker process was given (``--gpus``)."""
+    wait_for_key(key, timeout_s)
+    return {name: os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", "CORES_DEVICE")}
