@@ -1,5 +1,5 @@
 """CPU serving overhead per interactive request: HTTP + queue + image fetch + result formatting, with the
-model's own time subtracted. Runs the real processes: ``python -m backend serve`` (gunicorn) and one
+model's own time subtracted. Runs the real processes: ``python -m backend serve`` (waitress) and one
 ``python -m backend worker`` with a tiny random checkpoint, against a real Redis.
 
     python benchmarks/bench_serving.py [--requests 50] [--redis redis://127.0.0.1:6379/15] [--json out.json]
