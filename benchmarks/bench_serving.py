@@ -5,7 +5,10 @@ model's own time subtracted. Runs the real processes: ``python -m backend serve`
     python benchmarks/bench_serving.py [--requests 50] [--redis redis://127.0.0.1:6379/15] [--json out.json]
 
 For every request: client latency (POST /predict until the answer), and from the finished job's record the
-worker's own split (fetch, model, format). Overhead = latency - model time. Prints p50/p95 and writes JSON.
+worker's own split (fetch, model, format). Overhead = latency - model time. The request's path is split by
+the job's timestamps (one machine, one clock): client send -> enqueued (HTTP in, parse, enqueue), enqueued ->
+started (worker wake-up, job load), started -> ended (the job), ended -> client received (result saved,
+the web woken, answer built and sent). Prints p50/p95 and writes JSON.
 The Redis database given is flushed before and after.
 """
 
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +126,8 @@ def main() -> int:
                 raise SystemExit("backend did not become ready")
             config = (ROOT / "backend" / "label_config.xml").read_text()
             session = requests.Session()
+            sent: dict[int, float] = {}
+            received: dict[int, float] = {}
 
             def predict(i: int) -> float:
                 body = {
@@ -141,9 +147,11 @@ def main() -> int:
                         }
                     },
                 }
+                sent[i + 1] = time.time()
                 start = time.perf_counter()
                 answer = session.post(f"{url}/predict", json=body, timeout=60)
                 elapsed = (time.perf_counter() - start) * 1000
+                received[i + 1] = time.time()
                 answer.raise_for_status()
                 if not answer.json()["results"][0].get("result"):
                     raise SystemExit(f"prediction failed: {answer.text[:300]}")
@@ -167,6 +175,12 @@ def main() -> int:
                     split["job_ms"] = (
                         (job.ended_at - job.started_at).total_seconds() * 1000 if job.ended_at else 0
                     )
+                    task = int(job.args[0]["tasks"][0]["id"])
+                    if task in sent and job.ended_at:
+                        enqueued = job.enqueued_at.replace(tzinfo=UTC).timestamp()
+                        ended = job.ended_at.replace(tzinfo=UTC).timestamp()
+                        split["web_in_ms"] = (enqueued - sent[task]) * 1000
+                        split["web_out_ms"] = (received[task] - ended) * 1000
                     timings.append(split)
             timings = timings[-args.requests :]
         finally:
@@ -186,6 +200,9 @@ def main() -> int:
         "worker_format_ms_p50": round(statistics.median(t.get("format_ms", 0.0) for t in timings), 2),
         "rq_queue_wait_ms_p50": round(statistics.median(t["queue_wait_ms"] for t in timings), 2),
         "rq_job_ms_p50": round(statistics.median(t["job_ms"] for t in timings), 2),
+        "web_in_ms_p50": round(statistics.median(t.get("web_in_ms", 0.0) for t in timings), 2),
+        "web_out_ms_p50": round(statistics.median(t.get("web_out_ms", 0.0) for t in timings), 2),
+        "job_minus_model_ms_p50": round(statistics.median(t["job_ms"] - t["model_ms"] for t in timings), 2),
         "overhead": latency_stats([lat - model for lat in latencies]),
         "jobs_with_timings": len(timings),
     }

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import time
 import zlib
@@ -43,6 +42,7 @@ import redis
 
 from backend.corrections.records import utc_iso
 from backend.label_studio.label_config import SegmentationSchema
+from backend.operations import json_codec
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def remember(
     now = time.time()
     with connection.pipeline(transaction=False) as pipe:
         for task, entry in entries:
-            text = json.dumps(entry.to_json(), separators=(",", ":"))
+            text = json_codec.dumps(entry.to_json())
             if len(text) > max_entry_bytes:
                 logger.info(
                     "task %s: its prediction takes %d bytes, over PREDICTION_MEMORY_MAX_ENTRY_BYTES=%d: "
@@ -322,7 +322,7 @@ def recall(
     entries = []
     for item in raw:
         try:
-            entries.append(RememberedPrediction.from_json(json.loads(item)))
+            entries.append(RememberedPrediction.from_json(json_codec.loads(item)))
         except ValueError as exc:
             logger.warning("task %s: skipping an unreadable remembered prediction: %s", task, exc)
     return choose(entries, query)

@@ -10,9 +10,10 @@ process, its loaded model and its place in the work loop survive an outage of an
 When Redis comes back without its data (restarted empty, failed over to a replica that had not synced),
 the worker's registration (``rq:workers`` and its worker hash) is gone and rq's heartbeat alone would not
 restore it: ``heartbeat`` checks the registration and registers the worker again, so ``cores_workers``
-counts it. ``WORKER_TTL_S`` keeps heartbeats (and so this check) at most ``WORKER_TTL_S - 15`` seconds apart
-while idle, and lets a worker killed outright drop out of the count within ``WORKER_TTL_S + 60`` seconds
-(a busy one within ``JOB_TIMEOUT + 60``).
+counts it. rq sends several heartbeats per job; the check (one Redis round trip) runs at most every
+``REGISTRATION_CHECK_S`` seconds, so a busy worker does not pay it per job. ``WORKER_TTL_S`` keeps idle
+heartbeats (and so this check) at most ``WORKER_TTL_S - 15`` seconds apart, and lets a worker killed
+outright drop out of the count within ``WORKER_TTL_S + 60`` seconds (a busy one within ``JOB_TIMEOUT + 60``).
 
 A job whose result could not be saved because Redis went away is logged; if Redis kept its data, rq's
 maintenance (every ``MAINTENANCE_INTERVAL_S``) moves it to the failed registry once its heartbeat expires.
@@ -37,6 +38,8 @@ MAINTENANCE_INTERVAL_S = 30
 """Seconds between a worker's registry maintenance runs (rq's default is 600): abandoned jobs (a worker
 killed mid-job) reach the failed registry at most ``JOB_TIMEOUT`` + 60 + this many seconds after they
 started."""
+REGISTRATION_CHECK_S = 5.0
+"""Least seconds between two registration checks of one worker (see the module docstring)."""
 RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 """Waits after consecutive Redis failures outside the dequeue (the last one repeats)."""
 
@@ -51,6 +54,7 @@ class OutageTolerantWorker:
     key: str
     connection: redis.Redis
     _failures: int = 0
+    _checked_at: float = -REGISTRATION_CHECK_S
 
     def _redis_failed(self, what: str, exc: BaseException) -> None:
         delay = RECONNECT_DELAYS_S[min(self._failures, len(RECONNECT_DELAYS_S) - 1)]
@@ -78,12 +82,18 @@ class OutageTolerantWorker:
             listed, born = pipe.execute()
         return bool(listed) and bool(born)
 
+    def _still_registered(self, now: float) -> bool:
+        registered = self.registered()
+        self._checked_at = now if registered else -REGISTRATION_CHECK_S
+        return registered
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         if pipeline is not None:  # part of rq's own transaction: leave it to rq
             super().heartbeat(timeout, pipeline=pipeline)  # type: ignore[misc]
             return
         try:
-            if not self.registered():
+            now = time.monotonic()
+            if now - self._checked_at >= REGISTRATION_CHECK_S and not self._still_registered(now):
                 logger.warning(
                     "worker %s: its registration is gone from Redis (restarted without its data?): "
                     "registering again",

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from rq import worker_registration
 
-from backend.jobs import queues
+from backend.jobs import queues, redis_outages
 from backend.jobs.census import live_workers
 from backend.jobs.embedded import REPO_ROOT
 from backend.jobs.payloads import PredictRequest, TaskInput
+from backend.jobs.worker import build_worker
 from backend.label_studio.label_config import parse_label_config
 from backend.operations import redis_client
 from backend.operations.settings import Settings
@@ -111,3 +113,29 @@ def test_workers_ride_out_a_redis_crash_and_serve_again(tmp_path: Path, tiny_che
     text = "".join((tmp_path / f"worker{i}.log").read_text(errors="replace") for i in range(2))
     assert "registering again" in text
     assert "found an unhandled exception, quitting" not in text
+
+
+def test_registration_is_checked_at_most_every_few_seconds_and_restored(
+    settings: Settings, redis_conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = build_worker(redis_conn, settings, name="throttled")
+    worker.register_birth()
+    checks: list[bool] = []
+    registered = worker.registered
+
+    def counting() -> bool:
+        checks.append(registered())
+        return checks[-1]
+
+    monkeypatch.setattr(worker, "registered", counting)
+    for _ in range(5):  # rq heartbeats several times per job: one check among them
+        worker.heartbeat()
+    assert checks == [True]
+
+    # Redis lost its data: the next check (once REGISTRATION_CHECK_S passed) registers the worker again.
+    redis_conn.flushdb()
+    monkeypatch.setattr(redis_outages, "REGISTRATION_CHECK_S", 0.0)
+    worker.heartbeat()
+    assert checks == [True, False]
+    assert worker.registered()
+    assert worker.key.encode() in redis_conn.smembers(worker_registration.REDIS_WORKER_KEYS)
