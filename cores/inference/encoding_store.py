@@ -166,10 +166,10 @@ class ModelEncodings:
     """An ``EncodingStore`` seen by one loaded model: entries under that model's encoder fingerprint
     (computed at first use). What ``CoresPipeline`` consults in ``_encode``."""
 
-    def __init__(self, store: EncodingStore, model: CoresModel) -> None:
+    def __init__(self, store: EncodingStore, model: CoresModel, fingerprint: str | None = None) -> None:
         self.store = store
         self.model = model
-        self._fingerprint: str | None = None
+        self._fingerprint = fingerprint
 
     @property
     def fingerprint(self) -> str:
