@@ -9,7 +9,7 @@ Label Studio's interactive call carries the placed region in ``params.context.re
     {"from_name": "box", "to_name": "image", "type": "rectanglelabels",
      "value": {"x": 10, "y": 20, "width": 30, "height": 15, "rectanglelabels": ["Target (level 2)"]}}
 
-Coordinates are percent of the original image. ``is_positive`` (default true) marks a point as part of the
+Coordinates are percent of the original image (smart regions may carry their label in ``value.labels``). ``is_positive`` (default true) marks a point as part of the
 target; false (Label Studio's negative keypoint) as not part of it. Which chain level a click or box refines,
 from its label, first rule that applies:
 
@@ -87,7 +87,7 @@ def interactive_prompts(
         count += 1
         if count > MAX_CLICKS:
             raise TaskError("bad_prompt", f"more than {MAX_CLICKS} clicks and boxes in one call")
-        labels = value.get(kind)
+        labels = value.get(kind) or value.get("labels")  # smart regions also carry ``labels``
         label = str(labels[0]) if isinstance(labels, list) and labels else None
         level = click_level(label, schema)
         entry = levels.setdefault(level, {"level": level, "points": [], "boxes": []})
