@@ -9,9 +9,10 @@ Label Studio's interactive call carries the placed region in ``params.context.re
     {"from_name": "box", "to_name": "image", "type": "rectanglelabels",
      "value": {"x": 10, "y": 20, "width": 30, "height": 15, "rectanglelabels": ["Target (level 2)"]}}
 
-Coordinates are percent of the original image (smart regions may carry their label in ``value.labels``). ``is_positive`` (default true) marks a point as part of the
-target; false (Label Studio's negative keypoint) as not part of it. Which chain level a click or box refines,
-from its label, first rule that applies:
+Coordinates are percent of the original image; smart regions may carry their label in ``value.labels``.
+``is_positive`` (default true) marks a point as part of the target; false (Label Studio's negative keypoint,
+Alt+click) as not part of it. Which chain level a click or box refines, from its label, first rule that
+applies:
 
 1. a label that says ``level N`` (``"Target (level 2)"``, ``"level 1"``; any case) refines level N;
 2. a label equal to the N-th label of the config's first mask control (BrushLabels, ...) refines level N;
