@@ -1,4 +1,4 @@
-"""``python -m backend serve|worker|preannotate|corrections``: the backend's command line.
+"""``python -m backend serve|worker|preannotate|warm|corrections``: the backend's command line.
 
 - ``serve [--dev] [--port N]``: the web server (waitress, or Flask's with ``--dev``) on ``PORT``; without
   ``REDIS_URL`` also an embedded Redis and one worker; without ``CORES_CHECKPOINT`` a tiny random demo
@@ -7,6 +7,8 @@
   one per GPU under a supervisor (``backend.jobs.gpus``).
 - ``preannotate --project ID [--query Q | --query-field F] [--batch-size N]``: bulk pre-annotation
   (``backend.bulk.preannotate``); without ``REDIS_URL`` it runs its own embedded Redis and worker.
+- ``warm --project ID [--batch-size N]``: encode a project's images into the persistent encoding store
+  (``backend.bulk.warm_project``); resumable; without ``REDIS_URL`` it runs its own embedded worker.
 - ``doctor [--load]``: check the deployment, one OK/WARN/SKIP/FAIL line per check (``backend.doctor``).
 - ``corrections list|stats|export|enrich ...``: the correction log tools (``backend.corrections.cli``).
 - ``webhooks ensure|secret --project ID``: put this backend's credentials (basic auth, else the project's
@@ -101,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    warm = commands.add_parser(
+        "warm",
+        help="precompute the image encodings of a Label Studio project into the encoding store",
+        description="List the project's tasks through the Label Studio API and let the workers encode their "
+        "images (SAM and CLIP) into MODEL_DIR/cache/encodings, skipping images already stored (resumable); "
+        "the first query on a warmed image skips both image encoders.",
+    )
+    warm.add_argument("--project", type=label_studio_id, required=True, help="Label Studio project id")
+    warm.add_argument("--batch-size", type=int, default=16, help="images per warm job (default 16)")
+    warm.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     commands.add_parser(
         "corrections",
         help="inspect and export the corrections log (see `python -m backend corrections --help`)",
@@ -179,7 +192,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         from backend.jobs.worker import run_worker
 
         return run_worker(settings, burst=args.burst, queues=args.queues, name=args.name)
+    if args.command == "warm":
+        return _warm(settings, args)
     return _preannotate(settings, args)
+
+
+def _warm(settings: Settings, args: argparse.Namespace) -> int:
+    from backend.bulk.preannotate import PreannotateError
+    from backend.bulk.warm_project import warm_project
+    from backend.jobs.embedded import embedded_queue
+    from backend.versions.serving import ensure_checkpoint
+
+    if args.batch_size < 1:
+        print("error: --batch-size must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    with ExitStack() as stack:
+        if settings.redis_url is None:
+            settings, _ = stack.enter_context(embedded_queue(ensure_checkpoint(settings)))
+        try:
+            summary = warm_project(
+                settings,
+                connect(settings),
+                args.project,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+            )
+        except (PreannotateError, QueueUnavailableError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    for line in summary.errors:
+        print(f"failed: {line}")
+    print(
+        f"project {args.project}: {summary.total} tasks, {summary.warmed} images encoded, "
+        f"{summary.stored} already stored, {summary.failed} failed"
+    )
+    return 1 if summary.failed else 0
 
 
 def _preannotate(settings: Settings, args: argparse.Namespace) -> int:

@@ -25,3 +25,7 @@ class ChainError(CoresError):
 
 class DeviceError(CoresError):
     """The requested device or dtype is not available on this machine."""
+
+
+class PromptError(CoresError):
+    """Clicks or boxes that cannot refine a chain (no such level, outside the image, a malformed box)."""

@@ -4,7 +4,8 @@ Everything the worker needs travels in the request, so the worker never re-parse
 re-resolves a query: the web already did, with the Label Studio payload in hand::
 
     {"kind": "interactive" | "bulk",
-     "tasks": [{"id": 7, "image": "/data/upload/1/dog.png", "query": "the dog's leash"}, ...],
+     "tasks": [{"id": 7, "image": "/data/upload/1/dog.png", "query": "the dog's leash",
+                "prompts": [{"level": 2, "points": [[40.0, 25.5, 1]], "boxes": []}]}, ...],
      "schema": {"image_name": "image", "image_field": "image",
                 "controls": [{"type": "brushlabels", "name": "tag",
                               "labels": ["Context (level 1)", "Target (level 2)"]}],
@@ -14,6 +15,9 @@ re-resolves a query: the web already did, with the Label Studio payload in hand:
      "project": 1,                                     # Label Studio project id, or null
      "write_back": true,                               # write predictions the web does not return
      "claim_key": "cores:claim:<job id>"}              # backend.jobs.delivery handshake, or null
+
+A task's ``prompts`` (optional, interactive only) are the smart tools' clicks and boxes per chain level
+(``backend.label_studio.interactive_prompts``): the worker refines the query's chain with them.
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ KINDS = ("interactive", "bulk")
 
 @dataclass(frozen=True)
 class TaskInput:
-    """One task to predict: Label Studio task id, image URL (as in the task data) and resolved query."""
+    """One task to predict: Label Studio task id, image URL (as in the task data), resolved query, and the
+    clicks and boxes that refine its chain (``backend.label_studio.interactive_prompts`` form)."""
 
     id: int
     image: str
     query: str
+    prompts: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ class PredictRequest:
         """The JSON-safe dict passed to ``backend.jobs.predict.predict_tasks``."""
         return {
             "kind": self.kind,
-            "tasks": [asdict(task) for task in self.tasks],
+            "tasks": [_task_json(task) for task in self.tasks],
             "schema": self.schema.to_json(),
             "level_labels": {str(k): v for k, v in self.level_labels.items()},
             "model_version": self.model_version,
@@ -74,7 +80,12 @@ class PredictRequest:
             raise ValueError(f"expected the prediction request as a JSON object, got {type(data).__name__}")
         try:
             tasks = tuple(
-                TaskInput(id=_int(t["id"], "tasks[].id"), image=str(t["image"]), query=str(t["query"]))
+                TaskInput(
+                    id=_int(t["id"], "tasks[].id"),
+                    image=str(t["image"]),
+                    query=str(t["query"]),
+                    prompts=_prompts(t.get("prompts")),
+                )
                 for t in data["tasks"]
             )
             schema = SegmentationSchema.from_json(data["schema"])
@@ -101,6 +112,23 @@ class PredictRequest:
         if not request.tasks:
             raise ValueError("the prediction request holds no tasks")
         return request
+
+
+def _task_json(task: TaskInput) -> dict[str, Any]:
+    data = asdict(task)
+    if task.prompts:
+        data["prompts"] = [dict(item) for item in task.prompts]
+    else:
+        del data["prompts"]
+    return data
+
+
+def _prompts(value: Any) -> tuple[dict[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+        raise ValueError("expected tasks[].prompts to be a list of objects")
+    return tuple(dict(item) for item in value)
 
 
 def _int(value: Any, name: str) -> int:

@@ -20,6 +20,7 @@ from backend.corrections.prediction_memory import RememberedPrediction, remember
 from backend.images.fetcher import FetchedImage, ImageFetchError
 from backend.jobs.delivery import Deliverer, finish_claim
 from backend.jobs.payloads import PredictRequest
+from backend.jobs.refinement import keep_chain, refine_task
 from backend.jobs.worker import WorkerContext, serving_context
 from backend.label_studio.connection import LabelStudioConnection, resolve
 from backend.label_studio.label_config import LabelConfigError
@@ -91,16 +92,26 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
         images = _fetch_images(context, parsed, ls, slots)
         timings["fetch_ms"] = (time.perf_counter() - tick) * 1000
         tick = time.perf_counter()
-        order = [i for i in range(n) if slots[i] is None]
+        order = [i for i in range(n) if slots[i] is None and not parsed.tasks[i].prompts]
         chains = run_chains(
             context.pipeline,
             [(images[i].array, parsed.tasks[i].query) for i in order],
             mode=context.settings.mode,
             batch_size=context.settings.predict_batch_size,
         )
+        ttl = context.settings.prediction_memory_ttl
+        if parsed.kind == "interactive":  # the annotator may click next: keep the chain embeddings
+            for i, chain in zip(order, chains, strict=True):
+                if not isinstance(chain, TaskError):
+                    keep_chain(connection, version, images[i].array, chain, ttl)
+        clicked = [i for i in range(n) if slots[i] is None and parsed.tasks[i].prompts]
+        refined = [
+            refine_task(context.pipeline, connection, version, images[i].array, parsed.tasks[i], ttl)
+            for i in clicked
+        ]
         timings["model_ms"] = (time.perf_counter() - tick) * 1000
         tick = time.perf_counter()
-        for i, chain in zip(order, chains, strict=True):
+        for i, chain in zip(order + clicked, chains + refined, strict=True):
             slots[i] = _format(chain, images[i], parsed, i)
         timings["format_ms"] = (time.perf_counter() - tick) * 1000
 
@@ -224,6 +235,7 @@ def _format(
             image.height,
             request.model_version,
             dict(request.level_labels),
+            id_seed=f"{task.id}:{task.query}" if request.kind == "interactive" else None,
         )
     except LabelConfigError as exc:
         return error_element(TaskError("label_config", str(exc)).to_json(task.id), request.model_version)

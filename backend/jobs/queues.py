@@ -1,7 +1,8 @@
 """The rq job queues: names, connection, bounded enqueueing, job lookup.
 
-- Three queues, in the priority order every worker listens to them: ``interactive`` (an annotator waits),
-  ``bulk`` (batch predictions, pre-annotation), ``train`` (fine-tuning, ``backend.training.requests``).
+- Four queues, in the priority order every worker listens to them: ``interactive`` (an annotator waits),
+  ``bulk`` (batch predictions, pre-annotation), ``warm`` (encode images before their first query,
+  ``backend.jobs.warm``), ``train`` (fine-tuning, ``backend.training.requests``).
 - Every Queue, Job and Worker uses ``QueueSerializer`` (``backend.operations.json_codec``: orjson): job
   arguments and results are plain JSON, never pickle, so a Redis shared with other tools can never make a
   worker unpickle foreign bytes; jobs written with rq's stock ``JSONSerializer`` read back unchanged.
@@ -44,11 +45,14 @@ logger = logging.getLogger(__name__)
 INTERACTIVE = "interactive"
 BULK = "bulk"
 TRAIN = "train"
-QUEUE_NAMES = (INTERACTIVE, BULK, TRAIN)
-"""Queue names in priority order: a worker takes interactive jobs first, then bulk, then train."""
+WARM = "warm"
+QUEUE_NAMES = (INTERACTIVE, BULK, WARM, TRAIN)
+"""Queue names in priority order: a worker takes interactive jobs first, then bulk, warm, then train."""
 SERIALIZER = QueueSerializer
 PREDICT_JOB = "backend.jobs.predict.predict_tasks"
 """Dotted path of the prediction job (``backend.jobs.predict.predict_tasks``)."""
+WARM_JOB = "backend.jobs.warm.warm_images"
+"""Dotted path of the warm job (``backend.jobs.warm.warm_images``)."""
 RETRY_AFTER_S = 5
 """Seconds clients are told to wait after a 503 (queue full or Redis unreachable)."""
 

@@ -3,7 +3,7 @@
 ``python -m backend worker`` (``run_worker``) loads the checkpoint before it takes any job and fails fast
 (exit code 2, one clear log line) when it cannot. It then runs an rq ``SimpleWorker``, which executes each
 job in the worker process itself: a forked child could not use the CUDA context, and reloading 7B
-weights per job would take minutes. It listens to ``interactive``, ``bulk``, ``train`` in that order.
+weights per job would take minutes. It listens to ``interactive``, ``bulk``, ``warm``, ``train`` in order.
 
 Shutdown: SIGTERM or Ctrl+C asks for a warm shutdown: the current job finishes, then the worker exits 0;
 if it still runs ``WORKER_SHUTDOWN_GRACE`` seconds later (or at a second signal) it is interrupted and
@@ -39,6 +39,7 @@ from rq import Queue
 from rq.job import Job
 
 from backend.images.fetcher import ImageFetcher
+from backend.jobs.encodings import use_store
 from backend.jobs.queues import PREDICT_JOB, QUEUE_NAMES, SERIALIZER, get_queue
 from backend.jobs.redis_outages import MAINTENANCE_INTERVAL_S, WORKER_TTL_S, OutageTolerantWorker
 from backend.jobs.shutdown import GracefulWorker
@@ -189,6 +190,7 @@ class ModelHolder:
                     served.checkpoint, device=settings.device, dtype=settings.dtype
                 )
                 logger.info("model %s loaded on %s", served.name, pipeline.device)
+            use_store(pipeline, settings)
             self._context = WorkerContext(
                 settings=settings,
                 pipeline=pipeline,

@@ -19,6 +19,8 @@ Polygon regions add the level's polygons-vs-mask IoU to that text and as ``meta.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,6 +45,12 @@ def new_region_id(taken: set[str] | None = None) -> str:
             return region_id
 
 
+def stable_region_id(seed: str, control: str, level: int, part: int) -> str:
+    """A region id (11 url-safe characters) that depends only on its arguments."""
+    digest = hashlib.sha256(f"{seed}\n{control}\n{level}\n{part}".encode()).digest()
+    return base64.urlsafe_b64encode(digest[:_ID_BYTES]).decode().rstrip("=")
+
+
 def _level_mask(level: Mapping[str, Any], height: int, width: int) -> np.ndarray:
     """Return a level's mask as an HxW bool array, checking its shape against the image size."""
     mask = np.asarray(level["mask"])
@@ -63,6 +71,8 @@ def build_prediction(
     height: int,
     model_version: str,
     mapping: dict[int, str] | None = None,
+    *,
+    id_seed: str | None = None,
 ) -> dict[str, Any]:
     """Build the Label Studio prediction for one task from a CoReS chain result.
 
@@ -77,6 +87,8 @@ def build_prediction(
         model_version: written to the prediction (Label Studio compares it with the backend's version).
         mapping: explicit level -> label overrides (``parse_level_mapping``); by default level k gets the
             k-th label of each mask control.
+        id_seed: region ids derived from it (and the control, level and part) instead of random: an
+            interactive answer refined by clicks keeps its region ids, so Label Studio replaces the regions.
 
     Returns:
         A JSON-safe prediction dict: ``model_version``, ``score`` (the score of the highest level, the
@@ -104,8 +116,12 @@ def build_prediction(
         labels = level_labels(control, indices[-1], mapping)
         for level, index, mask in zip(ordered, indices, masks, strict=True):
             text = str(level.get("text") or "").strip()
-            for part in level_values(control.type, mask):
-                region_id = new_region_id(taken)
+            for number, part in enumerate(level_values(control.type, mask)):
+                region_id = (
+                    stable_region_id(id_seed, control.name, index, number)
+                    if id_seed
+                    else new_region_id(taken)
+                )
                 taken.add(region_id)
                 value = dict(part.value)
                 value[control.type] = [labels[index - 1]]

@@ -6,7 +6,8 @@ and the others are still predicted. Codes are stable (tests, metrics and clients
 ==========================  =====================================================================
 code                        meaning
 ==========================  =====================================================================
-``missing_query``           no interactive prompt and no query in the task data field
+``missing_query``           no interactive prompt and no query in the task data field (for clicks: no
+                            earlier query of the task either; type one first)
 ``empty_query``             the query is empty or whitespace
 ``query_too_long``          the query is longer than ``MAX_QUERY_CHARS`` or the model's context
 ``bad_query``               the query holds a lone surrogate or prompt-reserved text (``<image>``)
@@ -19,6 +20,7 @@ code                        meaning
 ``model_version_mismatch``  the worker knows no model version of that name (set up unlike the web)
 ``job_failed``              the job holding this task raised (``GET /jobs/<job>`` has the traceback)
 ``queue_full``              a batch filled the bulk queue midway; this task was not queued
+``bad_prompt``              a smart click or box that cannot refine the chain (coordinates, level)
 ==========================  =====================================================================
 """
 

@@ -105,6 +105,9 @@ class Settings:
             summed up in one line [MAX_TASK_LOG_LINES], default 20.
         max_connections: open connections per web process [MAX_CONNECTIONS], default 1000.
         max_header_bytes: largest request line plus headers the web reads [MAX_HEADER_BYTES], default 64 KiB.
+        encoding_store_bytes: bound of the image encodings kept under ``MODEL_DIR/cache/encodings``
+            [ENCODING_STORE_BYTES], default 20 GiB; 0 turns the store off.
+        warm_encoders: /predict for a task without a query queues a warm job [WARM_ENCODERS], default on.
     """
 
     checkpoint: str | None = None
@@ -149,6 +152,8 @@ class Settings:
     max_task_log_lines: int = 20
     max_connections: int = 1000
     max_header_bytes: int = 64 * 1024
+    encoding_store_bytes: int = 20 * 2**30
+    warm_encoders: bool = True
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "CORES_MODE", self.mode, f"one of {', '.join(MODES)}")
@@ -181,6 +186,8 @@ class Settings:
             ("MAX_HEADER_BYTES", self.max_header_bytes),
         ):
             _check(value >= 1, name, value, "an integer >= 1")
+        store_bytes = self.encoding_store_bytes
+        _check(store_bytes >= 0, "ENCODING_STORE_BYTES", store_bytes, "bytes >= 0")
         _check(
             self.prediction_memory_ttl >= 0,
             "PREDICTION_MEMORY_TTL",
@@ -308,6 +315,8 @@ class Settings:
             "max_task_log_lines": integer("MAX_TASK_LOG_LINES", 20),
             "max_connections": integer("MAX_CONNECTIONS", 1000),
             "max_header_bytes": integer("MAX_HEADER_BYTES", 64 * 1024),
+            "encoding_store_bytes": integer("ENCODING_STORE_BYTES", 20 * 2**30),
+            "warm_encoders": flag("WARM_ENCODERS") if text("WARM_ENCODERS") is not None else True,
         }
         return cls(**values)
 
@@ -319,6 +328,11 @@ class Settings:
     def image_cache_dir(self) -> Path:
         """Where the worker caches downloaded image bytes (``model_dir/cache/images``)."""
         return self.model_dir / "cache" / "images"
+
+    @property
+    def encoding_store_dir(self) -> Path:
+        """The persistent image-encoding store (``model_dir/cache/encodings``)."""
+        return self.model_dir / "cache" / "encodings"
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that reproduce these settings (for child processes)."""
@@ -351,6 +365,8 @@ class Settings:
             "MAX_TASK_LOG_LINES": str(self.max_task_log_lines),
             "MAX_CONNECTIONS": str(self.max_connections),
             "MAX_HEADER_BYTES": str(self.max_header_bytes),
+            "ENCODING_STORE_BYTES": str(self.encoding_store_bytes),
+            "WARM_ENCODERS": "true" if self.warm_encoders else "false",
         }
         optional = {
             "CORES_CHECKPOINT": self.checkpoint,

@@ -40,12 +40,15 @@ import redis
 from backend.jobs import queues
 from backend.jobs.delivery import Deliverer, abandon_claim, claim_key, open_claim
 from backend.jobs.payloads import PredictRequest, TaskInput
+from backend.jobs.warm_requests import request_warm
+from backend.label_studio.interactive_prompts import interactive_prompts
 from backend.label_studio.label_config import LabelConfigError, SegmentationSchema, cached_label_config
 from backend.label_studio.queries import resolve_image_url, resolve_query
 from backend.label_studio.task_errors import TaskError, error_element
 from backend.operations.ids import IdError, parse_id, project_id
 from backend.operations.metrics import MetricsStore
 from backend.operations.settings import Settings
+from backend.web.click_queries import last_query
 
 logger = logging.getLogger(__name__)
 
@@ -171,17 +174,25 @@ class Dispatcher:
         slots: list[Any] = [None] * len(call.tasks)
         inputs: list[tuple[int, TaskInput]] = []
         codes: Counter[str] = Counter()
+        unqueried: list[tuple[int, str]] = []  # images opened without a query: warmed for the first one
         for i, task in enumerate(call.tasks):
+            prompts: list[dict[str, Any]] = []
+            image: str | None = None
             try:
                 image = resolve_image_url(task, call.schema)
-                query = resolve_query(task, call.schema, call.context if call.interactive else None)
+                prompts = interactive_prompts(call.context, call.schema) if call.interactive else []
+                query = self._query(task, call, bool(prompts))
             except TaskError as exc:
+                if exc.code == "missing_query" and not prompts and image is not None:
+                    unqueried.append((int(task["id"]), image))
                 slots[i] = error_element(exc.to_json(task["id"]), version)
                 codes[exc.code] += 1
                 if sum(codes.values()) <= self.settings.max_task_log_lines:
                     logger.info("task %s: %s", task["id"], exc)
                 continue
-            inputs.append((i, TaskInput(id=int(task["id"]), image=image, query=query)))
+            task_input = TaskInput(id=int(task["id"]), image=image, query=query, prompts=tuple(prompts))
+            inputs.append((i, task_input))
+        request_warm(self.connection, self.settings, unqueried, version=version, project=call.project)
         if codes:
             for code, count in codes.items():  # one Redis call per code, not per task
                 self.metrics.incr("task_errors_total", {"code": code}, count)
@@ -204,6 +215,15 @@ class Dispatcher:
         for outcome, count in outcomes.items():  # one Redis call per outcome, not per task
             self.metrics.incr("tasks_total", {"outcome": outcome}, count)
         return answer
+
+    def _query(self, task: Mapping[str, Any], call: PredictCall, clicked: bool) -> str:
+        """The task's query; for clicks without a prompt text, the task's last query (``click_queries``)."""
+        try:
+            return resolve_query(task, call.schema, call.context if call.interactive else None)
+        except TaskError as exc:
+            if not clicked or exc.code != "missing_query":
+                raise
+        return last_query(self.connection, call.project, int(task["id"]))
 
     def _request(
         self, call: PredictCall, tasks: Sequence[TaskInput], *, kind: str, claim: str | None, version: str

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,11 @@ import numpy as np
 import torch
 
 from cores.checkpoints.loading import LoadedCheckpoint, load_checkpoint
-from cores.errors import ChainError, ImageError, QueryError
+from cores.errors import ChainError, ImageError, PromptError, QueryError
 from cores.inference.devices import resolve_device, resolve_dtype
+from cores.inference.encoding_store import EncodingStore, ModelEncodings
 from cores.inference.images import load_image
+from cores.inference.refine import LevelPrompt, level_tokens
 from cores.inference.result import ChainResult, LevelResult, split_levels
 from cores.modeling.model import AllowedTokensFn, PrefixCache
 from cores.modeling.prompts import chain_answer, style_for_chain
@@ -81,6 +83,8 @@ class CoresPipeline:
         max_new_tokens: generation budget in ``generate`` mode.
         prefix_cache: reuse the keys/values of the prompt part before the image (system prompt and
             in-context example) across queries.
+        encoding_store: a persistent store of image encodings consulted before encoding an image that is
+            not in memory, and filled after (``cores.inference.encoding_store``); None: memory only.
 
     SAM's attention kernel belongs to the loaded model, not to a pipeline (``load_checkpoint``'s
     ``sam_attention``): a pipeline never changes the model it is given.
@@ -93,6 +97,7 @@ class CoresPipeline:
         cache_bytes: int = 2 * 2**30,
         max_new_tokens: int = 64,
         prefix_cache: bool = True,
+        encoding_store: EncodingStore | None = None,
     ):
         self.checkpoint = checkpoint
         self.model = checkpoint.model
@@ -106,6 +111,7 @@ class CoresPipeline:
         self._img_size = self.model.sam.image_encoder.img_size
         self.use_prefix_cache = prefix_cache
         self._prefix: PrefixCache | None = None
+        self.encodings = ModelEncodings(encoding_store, self.model) if encoding_store is not None else None
 
     @classmethod
     def from_pretrained(
@@ -160,6 +166,11 @@ class CoresPipeline:
             if key not in self._cache:
                 fresh.setdefault(key, image)
         encoded: dict[str, ImageState] = {}
+        for key in list(fresh) if self.encodings is not None else ():
+            if (stored := self.encodings.load(key)) is not None:  # type: ignore[union-attr]
+                sizes = SamInput(torch.empty(0, dtype=torch.uint8), stored.input_size, stored.original_size)
+                encoded[key] = ImageState(key, sizes, *stored.tensors(self.device))
+                del fresh[key]
         if fresh:
             sam_inputs = [prepare_sam_input(image, self._img_size) for image in fresh.values()]
             sam = self.model.encode_sam(sam_batch(sam_inputs, self._img_size, self.device))
@@ -167,6 +178,8 @@ class CoresPipeline:
             clip = self.model.encode_clip(pixels)
             for i, (key, prepared) in enumerate(zip(fresh, sam_inputs, strict=True)):
                 encoded[key] = ImageState(key, prepared.sizes_only(), sam[i : i + 1], clip[i])
+                if self.encodings is not None:
+                    self.encodings.save(key, sam[i : i + 1], clip[i], prepared)
         states = []
         for key in keys:
             state = encoded.get(key) or self._cache[key]
@@ -283,6 +296,41 @@ class CoresPipeline:
             result.timings.update(self._timings(start, encoded, llm_done, hits == len(items)))
         return results
 
+    @torch.no_grad()
+    def refine(
+        self,
+        image: np.ndarray,
+        query: str,
+        chain_embeddings: torch.Tensor,
+        prompts: Mapping[int, LevelPrompt],
+        *,
+        text: str | None = None,
+    ) -> ChainResult:
+        """Re-decode a query's chain with clicks and boxes (``cores.inference.refine``), without the
+        language model: ``chain_embeddings`` is the NxC ``ChainResult.chain_embeddings`` of ``query`` on
+        ``image``; ``prompts`` maps 1-based levels to their clicks. Levels before the first clicked one come
+        out as ``segment`` gave them; the image encoders run only when the image is not cached.
+
+        Raises:
+            ImageError; PromptError for a level outside the chain, a point outside the image, or chain
+            embeddings of the wrong shape.
+        """
+        start = time.perf_counter()
+        states, hit = self._encode([image])
+        encoded = time.perf_counter()
+        levels, width = len(self.chain_tokens), self.model.sam.prompt_encoder.embed_dim
+        if tuple(chain_embeddings.shape) != (levels, width):
+            raise PromptError(
+                f"chain embeddings of shape {tuple(chain_embeddings.shape)}, expected ({levels}, {width})"
+            )
+        state = states[0]
+        encoder = self.model.sam.prompt_encoder
+        extra = level_tokens(encoder, prompts, levels, state.sam_input.original_size, self._img_size)
+        embeds = chain_embeddings.to(self.device, self.model.dtype).unsqueeze(0)
+        result = self._masks([state], None, [query], [text or self.answer], "refine", embeds, extra)[0]
+        result.timings.update(self._timings(start, encoded, encoded, hit == 1))
+        return result
+
     # --- helpers ------------------------------------------------------------------------------------
     def _split_prefix(self, all_ids: list[torch.Tensor]) -> tuple[PrefixCache | None, list[torch.Tensor]]:
         """Cut the shared part before the image slot off every prompt and return its (cached) keys/values.
@@ -303,16 +351,22 @@ class CoresPipeline:
     def _masks(
         self,
         states: list[ImageState],
-        chain_states: torch.Tensor,
+        chain_states: torch.Tensor | None,
         queries: list[str],
         texts: list[str],
         mode: str,
+        embeddings: torch.Tensor | None = None,
+        extra_sparse: Mapping[int, torch.Tensor] | None = None,
     ) -> list[ChainResult]:
-        """BxNxH chain states, one image state per item -> B results with full-size masks (one SAM-decoder
-        call per level for the whole batch)."""
+        """BxNxH chain states (or BxNxC chain ``embeddings``), one image state per item -> B results with
+        full-size masks (one SAM-decoder call per level for the whole batch)."""
         started = time.perf_counter()
-        prompts = self.model.seg_embeddings(chain_states)
-        low_res, scores = self.model.decode_chain(torch.cat([s.sam_embedding for s in states]), prompts)
+        if embeddings is None:
+            assert chain_states is not None, "chain states or chain embeddings"
+            embeddings = self.model.seg_embeddings(chain_states)
+        prompts = embeddings
+        images = torch.cat([s.sam_embedding for s in states])
+        low_res, scores = self.model.decode_chain(images, prompts, extra_sparse)
         scores = scores.float().cpu()
         results = []
         for b, (state, query, text) in enumerate(zip(states, queries, texts, strict=True)):
@@ -324,6 +378,7 @@ class CoresPipeline:
                 for k, tok in enumerate(self.chain_tokens)
             ]
             result = ChainResult(query=query, levels=levels, text=text, mode=mode)
+            result.chain_embeddings = prompts[b].detach().float().cpu()
             result.timings["masks"] = (time.perf_counter() - started) * 1000
             results.append(result)
         return results

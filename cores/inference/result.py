@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -41,13 +44,18 @@ class LevelResult:
 
 @dataclass
 class ChainResult:
-    """All levels for one (image, query), the full chain text, and timings in milliseconds."""
+    """All levels for one (image, query), the full chain text, and timings in milliseconds.
+
+    ``chain_embeddings``: the NxC SAM prompt embeddings of the chain (float32, CPU), what a refinement with
+    clicks needs instead of rerunning the language model (``CoresPipeline.refine``).
+    """
 
     query: str
     levels: list[LevelResult]
     text: str
     mode: str
     timings: dict[str, float] = field(default_factory=dict)
+    chain_embeddings: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def final(self) -> LevelResult:

@@ -9,7 +9,7 @@ the image-expanded sequence, the last-layer (post-norm) hidden state at ``j - 1`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -273,7 +273,10 @@ class CoresModel(nn.Module):
 
     # --- masks --------------------------------------------------------------------------------------
     def decode_chain(
-        self, image_embedding: torch.Tensor, chain_embeds: torch.Tensor
+        self,
+        image_embedding: torch.Tensor,
+        chain_embeds: torch.Tensor,
+        extra_sparse: Mapping[int, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the chain through SAM's decoder for B queries, on one image or on one image each.
 
@@ -288,6 +291,8 @@ class CoresModel(nn.Module):
         Args:
             image_embedding: 1xCxGxG (one image) or BxCxGxG (one per query) SAM embeddings.
             chain_embeds: BxNxC prompt embeddings, N levels.
+            extra_sparse: 0-based level -> 1xKxC or BxKxC point/box prompt tokens (SAM's prompt encoder),
+                placed before that level's chain embedding (``cores.inference.refine``).
 
         Returns:
             (low-res logits BxNxLxL, IoU scores BxN), L = 4G (256 for SAM at 1024 px).
@@ -302,6 +307,9 @@ class CoresModel(nn.Module):
         for level in range(chain_embeds.shape[1]):
             sparse, dense = encoder(points=None, boxes=None, masks=previous)
             sparse = sparse.to(self.dtype).expand(batch, -1, -1)
+            if extra_sparse is not None and level in extra_sparse:
+                clicks = extra_sparse[level].to(self.dtype).expand(batch, -1, -1)
+                sparse = torch.cat([sparse, clicks], dim=1)
             text = chain_embeds[:, level : level + 1].to(self.dtype)
             sparse = torch.cat([sparse, text], dim=1)
             if self.refiner is not None and previous is not None:

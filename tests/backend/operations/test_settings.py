@@ -116,3 +116,16 @@ def test_demo_checkpoint_is_reused_when_present(tmp_path: Path, caplog: pytest.L
     with caplog.at_level("WARNING"):
         assert ensure_checkpoint(settings).checkpoint == str(demo)
     assert "RANDOM" in caplog.text
+
+
+def test_encoding_store_and_warm_settings(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"MODEL_DIR": str(tmp_path), "ENCODING_STORE_BYTES": "1000", "WARM_ENCODERS": "0"}
+    )
+    assert settings.encoding_store_bytes == 1000
+    assert settings.warm_encoders is False
+    assert settings.encoding_store_dir == tmp_path / "cache" / "encodings"
+    assert Settings.from_env(settings.to_env()) == settings
+    assert Settings.from_env({}).warm_encoders is True
+    with pytest.raises(SettingsError, match="ENCODING_STORE_BYTES"):
+        Settings.from_env({"ENCODING_STORE_BYTES": "-1"})
