@@ -17,6 +17,7 @@ from typing import Any
 
 from backend.operations.level_labels import LEVEL_LABELS_ENV, LevelMappingError, parse_level_mapping
 from backend.operations.logs import LOG_FORMATS
+from backend.operations.loop_settings import LoopSettings, LoopSettingsError
 from backend.operations.version_names import PIN_ENV, VersionError, check_name
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Settings:
             summed up in one line [MAX_TASK_LOG_LINES], default 20.
         max_connections: open connections per web process [MAX_CONNECTIONS], default 1000.
         max_header_bytes: largest request line plus headers the web reads [MAX_HEADER_BYTES], default 64 KiB.
+        loop: the held-out split and the promotion gate (``backend.operations.loop_settings``).
     """
 
     checkpoint: str | None = None
@@ -149,6 +151,7 @@ class Settings:
     max_task_log_lines: int = 20
     max_connections: int = 1000
     max_header_bytes: int = 64 * 1024
+    loop: LoopSettings = field(default_factory=LoopSettings)
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "CORES_MODE", self.mode, f"one of {', '.join(MODES)}")
@@ -309,6 +312,10 @@ class Settings:
             "max_connections": integer("MAX_CONNECTIONS", 1000),
             "max_header_bytes": integer("MAX_HEADER_BYTES", 64 * 1024),
         }
+        try:
+            values["loop"] = LoopSettings.from_env(env)
+        except LoopSettingsError as exc:
+            raise SettingsError(str(exc)) from None
         return cls(**values)
 
     def with_changes(self, **changes: Any) -> Settings:
@@ -351,7 +358,7 @@ class Settings:
             "MAX_TASK_LOG_LINES": str(self.max_task_log_lines),
             "MAX_CONNECTIONS": str(self.max_connections),
             "MAX_HEADER_BYTES": str(self.max_header_bytes),
-        }
+        } | self.loop.to_env()
         optional = {
             "CORES_CHECKPOINT": self.checkpoint,
             "CORES_DEVICE": self.device,
