@@ -15,6 +15,9 @@ from collections.abc import Iterable
 
 from backend.corrections.records import CorrectionRecord
 
+CORRECTED_BELOW_IOU = 0.95
+"""A level counts as corrected when the IoU between its prediction and the accepted mask is below this (the
+correction rate of the held-out scores and of the report)."""
 _SALT = b"cores-held-out-v1:"
 _SCALE = float(2**64)
 

@@ -338,3 +338,31 @@ def recall(
         except ValueError as exc:
             logger.warning("task %s: skipping an unreadable remembered prediction: %s", task, exc)
     return choose(entries, query)
+
+
+def recall_project(
+    connection: redis.Redis, project: int, *, limit: int = DEFAULT_MAX_TASKS
+) -> dict[int, RememberedPrediction]:
+    """The newest remembered prediction of every task of ``project`` (at most ``limit`` tasks), by task id.
+    Unreadable entries are skipped (and logged).
+
+    Raises:
+        redis.exceptions.RedisError: Redis is unreachable.
+    """
+    prefix = f"{KEY_PREFIX}{project}:"
+    found: dict[int, RememberedPrediction] = {}
+    for key in connection.scan_iter(match=f"{prefix}*", count=1000):
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        task = name.removeprefix(prefix)
+        if not task.isdigit():
+            continue
+        raw: Any = connection.lindex(name, 0)
+        if raw is None:
+            continue
+        try:
+            found[int(task)] = RememberedPrediction.from_json(json.loads(raw))
+        except ValueError as exc:
+            logger.warning("task %s: skipping an unreadable remembered prediction: %s", task, exc)
+        if len(found) >= limit:
+            break
+    return found

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from backend.corrections.held_out import CORRECTED_BELOW_IOU
 from backend.operations.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def held_out_scores(checkpoint: str, data: Path, settings: Settings) -> dict[str
     device = pipe.device
     try:
         samples = load_training_samples(data, pipe.chain_tokens)
-        scores = level_scores(pipe, samples)
+        scores = level_scores(pipe, samples, corrected_below=CORRECTED_BELOW_IOU)
     finally:
         del pipe  # free the model now: the worker loads the served one again after training
         gc.collect()
