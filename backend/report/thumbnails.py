@@ -1,5 +1,6 @@
 """A correction as a thumbnail: the task image with the predicted and the accepted mask of one level
-overlaid (red: predicted only, green: accepted only, yellow: both), at most ``SIDE`` pixels a side."""
+overlaid (red: predicted only, green: accepted only, yellow: both), scaled to ``SIDE`` pixels on its longer
+side (small images are enlarged without smoothing, so every mask pixel stays visible)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def thumbnail(image: np.ndarray | None, predicted: np.ndarray, accepted: np.ndar
     ):
         out[where] = 0.45 * base[where] + 0.55 * colour
     picture = Image.fromarray(out.clip(0, 255).astype(np.uint8))
-    picture.thumbnail((SIDE, SIDE))
+    scale = SIDE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    picture = picture.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
