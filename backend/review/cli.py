@@ -19,6 +19,7 @@ import redis
 from backend.label_studio.connection import resolve
 from backend.operations.command_line import command_settings, label_studio_id, positive_int
 from backend.operations.redis_client import connect
+from backend.operations.settings import SettingsError
 from backend.review.listing import ReviewItem, annotated_tasks, from_label_studio, from_memory, most_in_need
 from backend.review.views import ViewError, write_view
 
@@ -44,7 +45,11 @@ def review_parser() -> argparse.ArgumentParser:
 def review_main(argv: Sequence[str]) -> int:
     """Run ``review``; returns the exit status (0 ok, 1 error, 2 usage)."""
     args = review_parser().parse_args(list(argv))
-    settings = command_settings()
+    try:
+        settings = command_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     connection = connect(settings) if settings.redis_url else None
     ls = resolve(settings, connection, args.project)
     remembered: dict[int, ReviewItem] = {}
