@@ -136,7 +136,6 @@ class RememberedPrediction:
     def to_json(self) -> dict[str, Any]:
         """The compact JSON entry kept in Redis."""
         return {
-            "review": None if self.review is None else dict(self.review),
             "model_version": self.model_version,
             "query": self.query,
             "kind": self.kind,
@@ -145,6 +144,7 @@ class RememberedPrediction:
             "height": self.height,
             "score": self.score,
             "regions": [region.to_json() for region in self.regions],
+            "review": None if self.review is None else dict(self.review),
         }
 
     @classmethod
