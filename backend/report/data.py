@@ -99,7 +99,7 @@ def version_scores(store: VersionStore, served: str | None) -> list[VersionScore
 def correction_data(store: CorrectionStore, project: int | None = None) -> ReportData:
     """Correction rates, IoUs and the worst recent corrections of the newest revision of every annotation."""
     data = ReportData()
-    records = store.list(project=project, latest_only=True)
+    records = store.list(project=project, latest_only=True, masks=False)  # IoUs only: bounded memory
     data.records = len(records)
     counts: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for record in records:
@@ -116,5 +116,6 @@ def correction_data(store: CorrectionStore, project: int | None = None) -> Repor
     }
     recent = sorted(records, key=lambda r: r.received_at)[-RECENT:]
     predicted = [r for r in recent if r.final_iou is not None]
-    data.worst = sorted(predicted, key=lambda r: (r.final_iou, r.id))[:WORST]
+    worst = sorted(predicted, key=lambda r: (r.final_iou, r.id))[:WORST]
+    data.worst = [found for r in worst if (found := store.get(r.id)) is not None]  # with their masks
     return data

@@ -44,6 +44,10 @@ def check_against_the_store(html: str, settings: Settings) -> None:
 
     with CorrectionStore(correction_store_path(settings)) as store:
         records = store.list(latest_only=True)
+        light = store.list(latest_only=True, masks=False)  # what the report reads: IoUs without masks
+    assert [[lv.iou for lv in r.levels] for r in light] == [[lv.iou for lv in r.levels] for r in records]
+    assert all(lv.accepted is None and lv.predicted is None for r in light for lv in r.levels)
+    assert all(lv.accepted is not None for r in records for lv in r.levels)
     assert re.search(rf"<span id='records'>{len(records)}</span>", html)
     counts: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
     ious: dict[int, list[float]] = defaultdict(list)
