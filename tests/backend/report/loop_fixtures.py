@@ -4,19 +4,33 @@ one a candidate)."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from backend.corrections.store import CorrectionStore, correction_store_path
 from backend.label_studio.label_config import parse_label_config, shipped_label_config
 from backend.operations.settings import Settings
 from backend.versions.serving import model_version, version_store
-from tests.backend.fake_label_studio import data_uri, png_bytes
+from tests.backend.fake_label_studio import data_uri
 from tests.backend.webhook_fixtures import L1, L2, H, W, annotation_payload, brush, prompt, rect
 
 DAYS = ("2025-03-01", "2025-03-02", "2025-03-03")
 PER_DAY = 4
+
+
+def kitchen(seed: int) -> bytes:
+    """A smooth W x H PNG (a gradient with a lighter table), so the overlays read well in the screenshot."""
+    ys, xs = np.mgrid[0:H, 0:W]
+    image = np.stack([90 + xs * 60 // W, 80 + ys * 50 // H, np.full((H, W), 70 + 10 * (seed % 5))], axis=-1)
+    image[6:36, 8:48] += 50
+    buffer = io.BytesIO()
+    Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _scores(level1: float, level2: float, count: int = 6) -> dict[str, Any]:
@@ -77,7 +91,7 @@ def record_loop(settings: Settings) -> None:
                         brush(f"a2-{n}", rect(y + 8, x + 10, y + 20, x + 24), L2),
                     ],
                     task_extra={
-                        "data": {"image": data_uri(png_bytes(W, H, seed=n))},
+                        "data": {"image": data_uri(kitchen(n))},
                         "predictions": [prediction],
                     },
                     annotation_extra={"parent_prediction": 900 + n},
