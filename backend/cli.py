@@ -17,7 +17,11 @@
 - ``train [--project ID] [--steps N] ...``: enqueue one fine-tune on the corrections
   (``backend.training.cli``).
 - ``versions list|current|promote NAME|pin NAME|unpin|rollback|reset [--project N]``: the model versions
-  under ``MODEL_DIR/versions`` and which one each project is served.
+  under ``MODEL_DIR/versions``, their held-out scores and gate decisions, and which one each project is
+  served.
+- ``review --project N [--top K] [--view NAME]``: the tasks most in need of review, lowest review score
+  first, with the reasons; optionally a Data Manager tab of them (``backend.review.cli``).
+- ``report [--out DIR] [--project N]``: the loop's self-contained HTML report (``backend.report.cli``).
 
 Configuration comes from the environment (``backend.operations.settings``); an invalid value exits with code 2
 and a message naming the variable.
@@ -140,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     commands.add_parser(
+        "review",
+        help="the tasks most in need of review, with reasons (see `python -m backend review --help`)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "report",
+        help="write the loop's HTML report (see `python -m backend report --help`)",
+        add_help=False,
+    )
+    commands.add_parser(
         "versions",
         help="list, promote, pin and roll back model versions (see `python -m backend versions --help`)",
         add_help=False,
@@ -162,6 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from backend.training.cli import train_main
 
         return train_main(args_list[1:])
+    if args_list and args_list[0] == "review":
+        from backend.review.cli import review_main
+
+        return review_main(args_list[1:])
+    if args_list and args_list[0] == "report":
+        from backend.report.cli import report_main
+
+        return report_main(args_list[1:])
     if args_list and args_list[0] == "versions":
         from backend.versions.cli import versions_main
 

@@ -8,7 +8,8 @@ remembers what it predicted: for each predicted task, one compact JSON entry is 
 ``PREDICTION_MEMORY_TTL`` seconds, default 7 days, after the task's last prediction)::
 
     {"model_version": "cores-CoReS", "query": "the dog's leash", "kind": "interactive" | "bulk",
-     "created_at": "2025-03-01T10:00:00.000000Z", "width": 640, "height": 480, "score": 0.87,
+     "created_at": "2025-03-01T10:00:00.000000Z", "width": 640, "height": 480, "score": 0.62,
+     "review": {"score": 0.62, "levels": [...], "containment": 0.97, "agreement": 0.9, "reasons": [...]},
      "regions": [{"type": "brushlabels", "from_name": "tag", "label": "Context (level 1)", "score": 0.91,
                   "rle_z": "<base64 of zlib of brush RLE>"},
                  {"type": "bitmasklabels", "from_name": "mask", ..., "data_url": "data:image/png;base64,..."},
@@ -129,6 +130,8 @@ class RememberedPrediction:
     height: int
     score: float | None
     regions: tuple[RememberedRegion, ...]
+    review: Mapping[str, Any] | None = None
+    """The review score's parts and reasons (``backend.review.score.ReviewScore.to_json``), if scored."""
 
     def to_json(self) -> dict[str, Any]:
         """The compact JSON entry kept in Redis."""
@@ -141,6 +144,7 @@ class RememberedPrediction:
             "height": self.height,
             "score": self.score,
             "regions": [region.to_json() for region in self.regions],
+            "review": None if self.review is None else dict(self.review),
         }
 
     @classmethod
@@ -164,16 +168,23 @@ class RememberedPrediction:
                 height=int(data["height"]),
                 score=_score(data.get("score")),
                 regions=regions,
+                review=data["review"] if isinstance(data.get("review"), Mapping) else None,
             )
         except (KeyError, TypeError, binascii.Error, zlib.error) as exc:
             raise ValueError(f"not a remembered prediction: {exc!r}") from exc
 
     @classmethod
     def from_prediction(
-        cls, prediction: Mapping[str, Any], *, query: str, kind: str, schema: SegmentationSchema
+        cls,
+        prediction: Mapping[str, Any],
+        *,
+        query: str,
+        kind: str,
+        schema: SegmentationSchema,
+        review: Mapping[str, Any] | None = None,
     ) -> RememberedPrediction | None:
-        """The entry for a ``backend.label_studio.predictions.build_prediction`` dict; None when it has no
-        region of ``schema``'s mask controls."""
+        """The entry for a ``backend.label_studio.predictions.build_prediction`` dict (and its review
+        score's JSON); None when it has no region of ``schema``'s mask controls."""
         regions: list[RememberedRegion] = []
         width = height = 0
         for item in prediction.get("result") or []:
@@ -201,6 +212,7 @@ class RememberedPrediction:
             height=height,
             score=_score(prediction.get("score")),
             regions=tuple(regions),
+            review=review,
         )
 
     def to_label_studio(self, schema: SegmentationSchema, prediction_id: int | None = None) -> dict[str, Any]:
@@ -326,3 +338,31 @@ def recall(
         except ValueError as exc:
             logger.warning("task %s: skipping an unreadable remembered prediction: %s", task, exc)
     return choose(entries, query)
+
+
+def recall_project(
+    connection: redis.Redis, project: int, *, limit: int = DEFAULT_MAX_TASKS
+) -> dict[int, RememberedPrediction]:
+    """The newest remembered prediction of every task of ``project`` (at most ``limit`` tasks), by task id.
+    Unreadable entries are skipped (and logged).
+
+    Raises:
+        redis.exceptions.RedisError: Redis is unreachable.
+    """
+    prefix = f"{KEY_PREFIX}{project}:"
+    found: dict[int, RememberedPrediction] = {}
+    for key in connection.scan_iter(match=f"{prefix}*", count=1000):
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        task = name.removeprefix(prefix)
+        if not task.isdigit():
+            continue
+        raw: Any = connection.lindex(name, 0)
+        if raw is None:
+            continue
+        try:
+            found[int(task)] = RememberedPrediction.from_json(json.loads(raw))
+        except ValueError as exc:
+            logger.warning("task %s: skipping an unreadable remembered prediction: %s", task, exc)
+        if len(found) >= limit:
+            break
+    return found

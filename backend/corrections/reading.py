@@ -71,13 +71,16 @@ class CorrectionReader(CorrectionDatabase):
             params.append(float(min_correction) - _MIN_CORRECTION_EPS)
         return conn.execute(f"{sql} ORDER BY revision, id", params).fetchall()
 
-    def _with_levels(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[CorrectionRecord]:
+    def _with_levels(
+        self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]], *, masks: bool = True
+    ) -> list[CorrectionRecord]:
+        columns = LEVEL_COLUMNS if masks else LEVEL_COLUMNS.replace("accepted, predicted", "NULL, NULL")
         levels: dict[int, list[LevelCorrection]] = {}
         ids = [row[0] for row in rows]
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start : start + _IN_CHUNK]
             for lvl in conn.execute(
-                f"SELECT {LEVEL_COLUMNS} FROM correction_levels WHERE record_id IN "
+                f"SELECT {columns} FROM correction_levels WHERE record_id IN "
                 f"({', '.join('?' * len(chunk))}) ORDER BY record_id, level",
                 chunk,
             ):
@@ -97,6 +100,7 @@ class CorrectionReader(CorrectionDatabase):
         include_deleted: bool = False,
         *,
         latest_only: bool = False,
+        masks: bool = True,
     ) -> list[CorrectionRecord]:
         """Records, oldest revision first, with their levels.
 
@@ -110,6 +114,8 @@ class CorrectionReader(CorrectionDatabase):
             include_deleted: also records of deleted annotations.
             latest_only: only the newest revision of each annotation (within the project/time window);
                 ``min_correction`` then applies to that revision.
+            masks: False leaves the levels' ``accepted`` and ``predicted`` masks out (None), for readers of
+                the IoUs and scores only (``get`` a record for its masks).
 
         Raises:
             CorrectionError: ``since``/``until`` strings that are not ISO 8601 times.
@@ -124,7 +130,7 @@ class CorrectionReader(CorrectionDatabase):
                 include_deleted=include_deleted,
                 latest_only=latest_only,
             )
-            return self._with_levels(conn, rows)
+            return self._with_levels(conn, rows, masks=masks)
 
     def get(self, record_id: int) -> CorrectionRecord | None:
         """The record with this id (deleted or not), or None."""

@@ -30,6 +30,7 @@ from backend.label_studio.writeback import WriteBackReport, write_predictions
 from backend.operations.metrics import MetricsStore
 from backend.operations.settings import Settings
 from backend.operations.version_names import VersionError
+from backend.review.score import ReviewScore, review_score
 
 if TYPE_CHECKING:
     from cores.inference.pipeline import CoresPipeline
@@ -41,10 +42,11 @@ logger = logging.getLogger(__name__)
 def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
     """Predict every task of a request (``backend.jobs.payloads.PredictRequest`` as JSON).
 
-    Per task: fetch the image, run the CoReS chain, format one brush region per level. A task that fails
-    gets ``{"error": {...}, "model_version": ...}`` in its slot; the others are still predicted. With
-    ``write_back``, predictions the web will not return (``backend.jobs.delivery``) are written to Label
-    Studio, skipping tasks that already hold this model version.
+    Per task: fetch the image, run the CoReS chain, score it for review (``backend.review.score``: the
+    prediction's ``score``, the parts in each region's ``meta.review``), format one region per level. A
+    task that fails gets ``{"error": {...}, "model_version": ...}`` in its slot; the others are still
+    predicted. With ``write_back``, predictions the web will not return (``backend.jobs.delivery``) are
+    written to Label Studio, skipping tasks that already hold this model version.
 
     The job runs the version the request names (``model_version``: the one the web promised the project;
     the worker loads it first when another is loaded), so every prediction carries the version that
@@ -223,11 +225,21 @@ def _format(
     task = request.tasks[index]
     if isinstance(chain, TaskError):
         return error_element(chain.to_json(task.id), request.model_version)
-    levels = [
-        {"index": lv.index, "token": lv.token, "mask": lv.mask, "score": lv.score, "text": lv.text}
+    levels: list[dict[str, Any]] = [
+        {
+            "index": lv.index,
+            "token": lv.token,
+            "mask": lv.mask,
+            "score": lv.score,
+            "text": lv.text,
+            "stats": lv.stats,
+        }
         for lv in chain.levels
     ]
     try:
+        review = review_score(levels)
+        for level in levels:
+            level["meta"] = {"review": review.level_meta(level["index"])}
         return build_prediction(
             levels,
             request.schema,
@@ -236,6 +248,7 @@ def _format(
             request.model_version,
             dict(request.level_labels),
             id_seed=f"{task.id}:{task.query}" if request.kind == "interactive" else None,
+            score=review.score,
         )
     except LabelConfigError as exc:
         return error_element(TaskError("label_config", str(exc)).to_json(task.id), request.model_version)
@@ -260,8 +273,13 @@ def _remember(
         if "result" not in result:
             continue
         try:
+            review = ReviewScore.from_result(result["result"])
             entry = RememberedPrediction.from_prediction(
-                result, query=task.query, kind=request.kind, schema=request.schema
+                result,
+                query=task.query,
+                kind=request.kind,
+                schema=request.schema,
+                review=None if review is None else review.to_json(),
             )
         except (KeyError, TypeError, ValueError) as exc:
             logger.warning("task %s: its prediction cannot be remembered: %s", task.id, exc)

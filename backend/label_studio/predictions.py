@@ -2,11 +2,13 @@
 
 A prediction for one task looks like (the shipped config: one BrushLabels tag)::
 
-    {"model_version": "cores-v1", "score": 0.87,              # score of the final level (the target)
+    {"model_version": "cores-v1", "score": 0.62,              # the review score (backend.review.score)
      "result": [{"id": "k3J9x0aQ2c", "from_name": "tag", "to_name": "image", "type": "brushlabels",
                  "original_width": 640, "original_height": 480, "image_rotation": 0,
                  "value": {"format": "rle", "rle": [...], "brushlabels": ["Context (level 1)"]},
-                 "score": 0.91, "meta": {"text": ["a kitchen counter"]}, "readonly": False}, ...]}
+                 "score": 0.91, "readonly": False,
+                 "meta": {"text": ["a kitchen counter"],
+                          "review": {"level": 1, "iou_head": 0.91, ...}}}, ...]}
 
 Each mask control of the config (``BrushLabels``, ``BitmaskLabels``, ``PolygonLabels``, in document order)
 gets every level, labelled by the level rule applied to that control (``label_config.level_labels``), in
@@ -73,6 +75,7 @@ def build_prediction(
     mapping: dict[int, str] | None = None,
     *,
     id_seed: str | None = None,
+    score: float | None = None,
 ) -> dict[str, Any]:
     """Build the Label Studio prediction for one task from a CoReS chain result.
 
@@ -80,7 +83,8 @@ def build_prediction(
         levels: one dict per chain level with ``mask`` (HxW bool array at the original image size, or
             anything ``np.asarray`` turns into one; nonzero = foreground), ``score`` (float), ``text``
             (the chain's text for that level), ``index`` (1-based level) and ``token`` (the segmentation
-            token that produced it; not written to Label Studio).
+            token that produced it; not written to Label Studio), optionally ``meta`` (a dict merged into
+            its regions' ``meta``, e.g. the review parts of ``backend.review.score``).
         schema: the parsed labeling config (``backend.label_studio.label_config.parse_label_config``).
         width: original image width in pixels.
         height: original image height in pixels.
@@ -89,12 +93,14 @@ def build_prediction(
             k-th label of each mask control.
         id_seed: region ids derived from it (and the control, level and part) instead of random: an
             interactive answer refined by clicks keeps its region ids, so Label Studio replaces the regions.
+        score: the prediction's top-level ``score`` (the review score); None: the final level's score.
 
     Returns:
-        A JSON-safe prediction dict: ``model_version``, ``score`` (the score of the highest level, the
-        chain's final answer) and ``result``: per mask control (document order), the regions of every
-        level in level order, each with a unique id. A level with an empty mask still gets its (empty)
-        brush or bitmask region, so every level is accounted for; it has no polygon region.
+        A JSON-safe prediction dict: ``model_version``, ``score`` (``score``, else the score of the
+        highest level, the chain's final answer) and ``result``: per mask control (document order),
+        the regions of every level in level order, each with a unique id. A level with an empty mask
+        still gets its (empty) brush or bitmask region, so every level is accounted for; it has no polygon
+        region.
 
     Raises:
         ValueError: no levels, duplicate or non-positive level indices, a mask not of shape (height, width).
@@ -138,14 +144,16 @@ def build_prediction(
                     "readonly": False,
                 }
                 note = " ".join(t for t in (text, f"({part.note})" if part.note and text else part.note) if t)
-                if note or part.meta:
-                    region["meta"] = ({"text": [note]} if note else {}) | part.meta
+                extra = dict(level.get("meta") or {})
+                if note or part.meta or extra:
+                    region["meta"] = ({"text": [note]} if note else {}) | extra | part.meta
                 regions.append(region)
             logger.debug(
                 "level %d -> %s %r: %d pixels", index, control.describe(), labels[index - 1], mask.sum()
             )
 
-    return {"model_version": model_version, "score": float(ordered[-1]["score"]), "result": regions}
+    top = float(ordered[-1]["score"]) if score is None else float(score)
+    return {"model_version": model_version, "score": top, "result": regions}
 
 
 def decode_prediction(result_items: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:

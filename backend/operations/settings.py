@@ -17,6 +17,7 @@ from typing import Any
 
 from backend.operations.level_labels import LEVEL_LABELS_ENV, LevelMappingError, parse_level_mapping
 from backend.operations.logs import LOG_FORMATS
+from backend.operations.loop_settings import LoopSettings, LoopSettingsError
 from backend.operations.version_names import PIN_ENV, VersionError, check_name
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class Settings:
         encoding_store_bytes: bound of the image encodings kept under ``MODEL_DIR/cache/encodings``
             [ENCODING_STORE_BYTES], default 20 GiB; 0 turns the store off.
         warm_encoders: /predict for a task without a query queues a warm job [WARM_ENCODERS], default on.
+        loop: the held-out split and the promotion gate (``backend.operations.loop_settings``).
     """
 
     checkpoint: str | None = None
@@ -154,6 +156,7 @@ class Settings:
     max_header_bytes: int = 64 * 1024
     encoding_store_bytes: int = 20 * 2**30
     warm_encoders: bool = True
+    loop: LoopSettings = field(default_factory=LoopSettings)
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "CORES_MODE", self.mode, f"one of {', '.join(MODES)}")
@@ -318,6 +321,10 @@ class Settings:
             "encoding_store_bytes": integer("ENCODING_STORE_BYTES", 20 * 2**30),
             "warm_encoders": flag("WARM_ENCODERS") if text("WARM_ENCODERS") is not None else True,
         }
+        try:
+            values["loop"] = LoopSettings.from_env(env)
+        except LoopSettingsError as exc:
+            raise SettingsError(str(exc)) from None
         return cls(**values)
 
     def with_changes(self, **changes: Any) -> Settings:
@@ -367,7 +374,7 @@ class Settings:
             "MAX_HEADER_BYTES": str(self.max_header_bytes),
             "ENCODING_STORE_BYTES": str(self.encoding_store_bytes),
             "WARM_ENCODERS": "true" if self.warm_encoders else "false",
-        }
+        } | self.loop.to_env()
         optional = {
             "CORES_CHECKPOINT": self.checkpoint,
             "CORES_DEVICE": self.device,

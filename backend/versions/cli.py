@@ -10,9 +10,13 @@
     versions rollback [--project N]
     versions reset --project N
 
-``versions`` reads and moves ``MODEL_DIR/versions/current`` and the per-project pointers
-``MODEL_DIR/versions/projects/<N>`` (no Redis needed). A version trained on one project's corrections serves
-that project only; ``promote NAME`` serves NAME to every project (``current``; projects with their own
+``list`` shows each version's held-out scores (gIoU and cIoU per chain level, its parent's gIoU on the
+same held-out split, the mean correction ``1 - IoU`` per level) and what the promotion gate decided
+(``promoted`` or ``candidate``, with the reason). ``versions`` reads and moves
+``MODEL_DIR/versions/current`` and the per-project pointers ``MODEL_DIR/versions/projects/<N>`` (no Redis
+needed). A version trained on one project's corrections serves
+that project only, when the promotion gate (``backend.versions.gate``) lets it; ``promote NAME`` serves NAME
+(a candidate the gate refused too) to every project (``current``; projects with their own
 pointer keep it), ``promote NAME --project N`` to project N. ``pin NAME`` serves NAME and keeps later
 training runs from replacing it; ``unpin`` lets the next published version become current; ``rollback``
 serves the parent of the current version (pinned); ``reset --project N`` drops project N's own pointer.
@@ -26,7 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from backend.operations.command_line import label_studio_id
 from backend.operations.settings import Settings, SettingsError
@@ -134,7 +139,8 @@ def _list(store: VersionStore, settings: Settings, *, as_json: bool) -> int:
             continue
         info = version.info
         samples = (info.get("samples") or {}).get("exported")
-        after = ((info.get("metrics") or {}).get("after") or {}).get("giou")
+        metrics = info.get("metrics") or {}
+        gate = info.get("gate") or {}
         rows.append(
             (
                 "*" if version.name == served else " ",
@@ -142,20 +148,48 @@ def _list(store: VersionStore, settings: Settings, *, as_json: bool) -> int:
                 version.parent or "-",
                 (version.created_at or "-")[:19],
                 "-" if samples is None else str(samples),
-                "-" if after is None else f"{after:.3f}",
+                level_cell(metrics.get("after"), "giou"),
+                level_cell(metrics.get("after"), "ciou"),
+                level_cell(metrics.get("before"), "giou"),
+                level_cell(metrics.get("after"), "mean_correction"),
+                "-" if gate.get("promoted") is None else ("promoted" if gate["promoted"] else "candidate"),
             )
         )
     for project, pointer in store.project_pointers().items():
         if as_json:
             print(json.dumps({"project": project, "pointer": pointer.to_json()}))
     if not as_json:
-        header = (" ", "version", "parent", "created (UTC)", "samples", "gIoU after")
+        header = (
+            " ",
+            "version",
+            "parent",
+            "created (UTC)",
+            "samples",
+            "gIoU per level",
+            "cIoU per level",
+            "parent's gIoU",
+            "correction",
+            "gate",
+        )
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        for version in store.list():
+            reason = (version.info.get("gate") or {}).get("reason")
+            if reason and not (version.info.get("gate") or {}).get("promoted"):
+                print(f"{version.name}: candidate: {reason}")
         for project, pointer in store.project_pointers().items():
             print(f"project {project}: {pointer.version}" + (" (pinned)" if pointer.pinned else ""))
     return 0
+
+
+def level_cell(scores: Mapping[str, Any] | None, key: str) -> str:
+    """``0.412/0.305``: one held-out score per chain level (level 1 first), ``-`` when not scored."""
+    levels = (scores or {}).get("levels") or []
+    values = [level.get(key) for level in sorted(levels, key=lambda level: int(level["level"]))]
+    if not values or any(value is None for value in values):
+        return "-"
+    return "/".join(f"{value:.3f}" for value in values)
 
 
 def _current(store: VersionStore, settings: Settings, project: int | None, *, as_json: bool) -> int:

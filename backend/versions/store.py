@@ -317,10 +317,14 @@ class VersionStore:
         pin: str | None = None,
         reason: str = "published",
         project: int | None = None,
+        refused: str | None = None,
     ) -> Published:
         """Move the checkpoint folder ``staged`` into the store as a new version and, unless a pin holds
         the pointer (``pin``, i.e. ``CORES_MODEL_VERSION``, or a pinned pointer), serve it: to ``project``
         only (its pointer moves) when given, else to every project (``current`` moves).
+
+        ``refused``: the promotion gate's reason not to serve it (``backend.versions.gate``); it is then kept
+        as a candidate, served only after ``versions promote NAME``.
 
         ``info`` becomes ``version.json`` together with ``name`` and ``created_at``; it should hold
         ``parent``. ``staged`` must be on the same file system as ``MODEL_DIR`` (the move is a rename).
@@ -351,6 +355,8 @@ class VersionStore:
             version = self._read(self.root / name)
             served = self.served(project=project)
             held_by = f"{PIN_ENV}={pin}" if pin else None
+            if held_by is None and refused:
+                held_by = f"the promotion gate: {refused}"
             if held_by is None and served.source in ("project", "pointer") and served.pinned:
                 held_by = f"the pointer is pinned to {served.name}"
             if held_by is None:

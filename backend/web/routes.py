@@ -11,8 +11,9 @@ from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend.jobs import queues
-from backend.label_studio.connection import parse_setup, remember_setup, setup_connection
+from backend.label_studio.connection import parse_setup, remember_setup, resolve, setup_connection
 from backend.label_studio.webhook_secret import SECRET_HEADER
+from backend.operations.ids import project_id
 from backend.versions.serving import MODEL_CLASS, available_versions
 from backend.web.dispatch import (
     InteractiveTimeoutError,
@@ -281,3 +282,19 @@ def job(job_id: str) -> Response:
         return _error(404, "not_found", f"no job {job_id!r} (unknown, or its result expired)")
     include = request.args.get("result", "").lower() in ("1", "true", "yes")
     return jsonify(queues.job_info(found, include_result=include))
+
+
+@routes.route("/report", methods=["GET"])
+def report() -> Response:
+    """The loop's HTML report (``backend.report``; ``?project=N``: that project's corrections only)."""
+    from backend.report.images import image_loader
+    from backend.report.page import build_report
+
+    state = current_state()
+    raw = request.args.get("project")
+    project = project_id(raw) if raw else None
+    if raw and project is None:
+        return _error(400, "bad_request", f"?project must be a Label Studio project id, got {raw[:40]!r}")
+    ls = resolve(state.settings, state.connection, project)
+    html = build_report(state.settings, project=project, images=image_loader(state.settings, ls))
+    return Response(html, mimetype="text/html")

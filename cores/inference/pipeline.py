@@ -25,6 +25,7 @@ import torch
 
 from cores.checkpoints.loading import LoadedCheckpoint, load_checkpoint
 from cores.errors import ChainError, ImageError, PromptError, QueryError
+from cores.inference.confidence import level_statistics
 from cores.inference.devices import resolve_device, resolve_dtype
 from cores.inference.encoding_store import EncodingStore, ModelEncodings
 from cores.inference.images import load_image
@@ -373,8 +374,11 @@ class CoresPipeline:
             logits = upscale_logits(self.model.sam, low_res[b].unsqueeze(1), state.sam_input)
             masks = (logits[:, 0] > 0).cpu().numpy()
             pieces = split_levels(text, self.chain_tokens)
+            side = low_res.shape[-1]  # the low-res map covers the padded square: read the image's part only
+            valid_h, valid_w = (-(-n * side // self._img_size) for n in state.sam_input.input_size)
+            stats = level_statistics(low_res[b, :, :valid_h, :valid_w])
             levels = [
-                LevelResult(index=k + 1, token=tok, mask=masks[k], score=float(scores[b, k]), text=pieces[k])
+                LevelResult(k + 1, tok, masks[k], float(scores[b, k]), pieces[k], stats[k])
                 for k, tok in enumerate(self.chain_tokens)
             ]
             result = ChainResult(query=query, levels=levels, text=text, mode=mode)

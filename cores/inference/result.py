@@ -21,6 +21,8 @@ class LevelResult:
         mask: HxW bool mask at the original image size.
         score: SAM's predicted IoU for the mask.
         text: the part of the chain text that ends with this level's token.
+        stats: how sure the decoder was (``cores.inference.confidence.level_statistics``: ``margin``,
+            ``band_fraction``, ``foreground_fraction``); empty when not measured.
     """
 
     index: int
@@ -28,6 +30,7 @@ class LevelResult:
     mask: np.ndarray
     score: float
     text: str
+    stats: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe description without the mask (area in pixels instead)."""
@@ -39,6 +42,7 @@ class LevelResult:
             "area": int(self.mask.sum()),
             "height": int(self.mask.shape[0]),
             "width": int(self.mask.shape[1]),
+            "stats": {k: round(v, 6) for k, v in self.stats.items()},
         }
 
 

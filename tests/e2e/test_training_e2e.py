@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
+from backend.corrections.held_out import key_position
 from tests.backend_server import BackendServer, correction_records
 from tests.e2e.label_studio import LabelStudioServer
 from tests.e2e.test_backend_e2e import (
@@ -48,13 +49,22 @@ def test_start_training_in_label_studio_trains_a_version_served_to_that_project(
     (image_http_server.root / "train.png").write_bytes(png_bytes(*SIZE, seed=4))
     url = image_http_server.url_for("train.png")
     project = create_project(client, "cores e2e training", SHIPPED_CONFIG)
-    tasks = import_json_tasks(client, project, [{"image": f"{url}?n={i}"} for i in range(2)])
+    images = [f"{url}?n={i}" for i in range(3)]
+    tasks = import_json_tasks(client, project, [{"image": image} for image in images])
+    # hold exactly one task out for evaluation (the split is a hash of project:task:image), open the gate
+    positions = sorted(
+        key_position(f"{project}:{task}:{image}") for task, image in zip(tasks, images, strict=True)
+    )
     env = {
         "LABEL_STUDIO_URL": label_studio.url,
         "BASIC_AUTH_USER": USER,
         "BASIC_AUTH_PASS": PASSWORD,
         "MIN_TRAIN_SAMPLES": "2",
         "TRAIN_STEPS": "1",
+        "EVAL_FRACTION": repr((positions[0] + positions[1]) / 2),
+        "MIN_EVAL_SAMPLES": "1",
+        "PROMOTE_MARGIN": "-1",
+        "PROMOTE_TOLERANCE": "1",
     }
     with BackendServer(tmp_path / "trainer", checkpoint=tiny_checkpoint, redis_url=None, env=env) as backend:
         base = requests.get(f"{backend.url}/health", timeout=5).json()["model_version"]
@@ -82,9 +92,9 @@ def test_start_training_in_label_studio_trains_a_version_served_to_that_project(
         for task in tasks:
             client.annotations.create(id=task, result=annotation_result(SIZE))
         wait_for(
-            lambda: len(correction_records(backend, project)) >= 2,
+            lambda: len(correction_records(backend, project)) >= 3,
             30.0,
-            "both corrections in the log",
+            "the three corrections in the log",
             lambda: diagnostics(label_studio, backend),
         )
 
@@ -105,3 +115,8 @@ def test_start_training_in_label_studio_trains_a_version_served_to_that_project(
         assert setup_version(project) == version  # the project that trained it is served it
         assert setup_version(project + 1000) == base  # every other project keeps the base
         assert not (backend.workdir / "models" / "versions" / "current").exists()
+        info = json.loads((backend.workdir / "models" / "versions" / version / "version.json").read_text())
+        assert info["samples"]["exported"] == 2  # the held-out task was not trained on
+        assert info["held_out"]["records"] == 1
+        assert info["metrics"]["before"]["count"] == info["metrics"]["after"]["count"] == 1
+        assert info["gate"]["promoted"] is True

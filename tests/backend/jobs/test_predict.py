@@ -16,6 +16,7 @@ from backend.jobs import queues
 from backend.jobs.worker import get_pipeline
 from backend.label_studio.predictions import decode_prediction
 from backend.operations.settings import Settings
+from backend.review.score import review_score
 from backend.versions.serving import model_version
 from backend.web.app import create_app
 from tests.backend.conftest import PROMPT_CONFIG, quiet, run_with_worker, work
@@ -49,12 +50,19 @@ def test_interactive_predict_returns_one_brush_region_per_level(
 
     expected = get_pipeline().segment(decode_png(png), "the thing you cut bread with")
     masks = decode_prediction(regions)
+    review = review_score(
+        [{"index": lv.index, "mask": lv.mask, "score": lv.score, "stats": lv.stats} for lv in expected.levels]
+    )
+    assert all(0.0 <= lv.stats["margin"] <= 1.0 for lv in expected.levels)
     for level, label, region in zip(expected.levels, labels, regions, strict=True):
         np.testing.assert_array_equal(masks[label], level.mask)
         alpha = np.asarray(decode_rle(bytes(region["value"]["rle"]))).reshape(30, 40, 4)[:, :, 3]
         np.testing.assert_array_equal(alpha > 0, level.mask)  # the SDK's own decoder agrees
         assert region["score"] == pytest.approx(level.score)
-    assert prediction["score"] == pytest.approx(expected.levels[-1].score)
+        assert region["meta"]["review"] == review.level_meta(level.index)
+    # the top-level score is the review score of the model's own levels (backend.review.score)
+    assert prediction["score"] == pytest.approx(review.score)
+    assert 0.0 <= prediction["score"] <= 1.0
     assert prediction["model_version"] == "cores-cores"
 
 

@@ -13,10 +13,14 @@ import redis
 from flask.testing import FlaskClient
 from rq import SimpleWorker
 
+from backend.corrections.export import select_records
+from backend.corrections.held_out import split_records
+from backend.corrections.store import CorrectionStore, correction_store_path
 from backend.jobs import queues
 from backend.jobs.payloads import PredictRequest, TaskInput
 from backend.jobs.worker import get_context, load_model
 from backend.label_studio.label_config import parse_label_config, shipped_label_config
+from backend.operations.loop_settings import LoopSettings
 from backend.operations.settings import Settings
 from backend.operations.version_names import PIN_ENV
 from backend.training.requests import TrainRequest, request_training
@@ -72,10 +76,21 @@ def reports(client: FlaskClient, project: int = PROJECT) -> tuple[str, str]:
     return setup, client.get("/versions").get_json()["model_version"]
 
 
+#: A gate that passes whatever the scores (a margin of -1), with one held-out sample enough.
+OPEN_GATE = LoopSettings(eval_fraction=0.3, promote_margin=-1.0, promote_tolerance=1.0, min_eval_samples=1)
+
+
 @pytest.fixture
 def train_settings(settings: Settings) -> Settings:
-    """The worker's settings for training runs that fit a test: 4 samples suffice, 3 steps."""
-    return settings.with_changes(min_train_samples=4, train_steps=3)
+    """The worker's settings for training runs that fit a test: 4 samples suffice, 3 steps, an open gate."""
+    return settings.with_changes(min_train_samples=4, train_steps=3, loop=OPEN_GATE)
+
+
+def held_out_split(settings: Settings) -> tuple[list[int], list[int]]:
+    """(task ids trained on, task ids held out) of the recorded corrections."""
+    with CorrectionStore(correction_store_path(settings)) as store:
+        train, held = split_records(select_records(store, project=PROJECT), OPEN_GATE.eval_fraction)
+    return [r.task_id for r in train], [r.task_id for r in held]
 
 
 def test_corrections_train_a_new_version_that_workers_serve_pin_and_roll_back(
@@ -87,7 +102,10 @@ def test_corrections_train_a_new_version_that_workers_serve_pin_and_roll_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     load_model(train_settings)  # the worker's process was started with these settings
-    record_corrections(client, 5)
+    record_corrections(client, 6)
+    trained_on, held_out = held_out_split(settings)
+    assert len(held_out) >= 1, (trained_on, held_out)
+    assert len(trained_on) >= 4, (trained_on, held_out)
 
     clicked = client.post(
         "/webhook", json={"action": "START_TRAINING", "project": {"id": PROJECT}}
@@ -102,16 +120,25 @@ def test_corrections_train_a_new_version_that_workers_serve_pin_and_roll_back(
     version = result["version"]
     assert version.startswith("v1-")
     assert (result["parent"], result["current"], result["held_by"]) == (BASE, True, None)
-    assert result["samples"] == {"exported": 5, "train": 4, "validation": 1}
+    n_train, n_held = len(trained_on), len(held_out)
+    assert result["samples"] == {"exported": n_train, "train": n_train, "validation": n_held}
     assert result["steps"] == 3
-    for when in ("before", "after"):
-        assert result["metrics"][when]["count"] == 1
+    for when in ("before", "after"):  # the served version and the new one, on the same held-out split
+        assert result["metrics"][when]["count"] == n_held
         assert 0.0 <= result["metrics"][when]["giou"] <= 1.0
+        assert [lv["level"] for lv in result["metrics"][when]["levels"]] == [1, 2]
+        for level in result["metrics"][when]["levels"]:
+            assert level["mean_correction"] == pytest.approx(1.0 - level["giou"], abs=1e-4)
+            assert 0.0 <= level["correction_rate"] <= 1.0
+    assert result["gate"]["promoted"] is True
+    assert "PROMOTE_MARGIN=-1.0" in result["gate"]["reason"]
 
     folder = settings.model_dir / "versions" / version
     meta = json.loads((folder / "version.json").read_text())
-    assert (meta["name"], meta["parent"], meta["samples"]["exported"]) == (version, BASE, 5)
+    assert (meta["name"], meta["parent"], meta["samples"]["exported"]) == (version, BASE, n_train)
     assert meta["metrics"] == result["metrics"]
+    assert meta["gate"] == result["gate"]
+    assert meta["held_out"]["records"] == n_held
     assert meta["created_at"].endswith("Z")
     assert Path(result["report"]) == folder / "finetune.json"
     assert json.loads((folder / "finetune.json").read_text())["steps"] == 3
@@ -119,7 +146,12 @@ def test_corrections_train_a_new_version_that_workers_serve_pin_and_roll_back(
     assert not (folder / "trainer_state").exists()
     data = Path(meta["training"]["data"])
     assert data.parent.parent == settings.model_dir / "training"
-    assert len((data / "manifest.jsonl").read_text().splitlines()) == 5
+    assert len((data / "manifest.jsonl").read_text().splitlines()) == n_train
+    # never trained on the held-out records: they are exported beside the training data only
+    manifest = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(int(row["task"]) for row in manifest) == sorted(trained_on)
+    held_rows = (data.parent / "held_out" / "manifest.jsonl").read_text().splitlines()
+    assert sorted(int(json.loads(row)["task"]) for row in held_rows) == sorted(held_out)
     # trained on project 3's corrections: served to project 3 only (its own pointer), not to every project
     pointer = settings.model_dir / "versions" / "projects" / str(PROJECT)
     assert json.loads(pointer.read_text())["version"] == version
@@ -211,3 +243,49 @@ def test_training_refuses_too_few_corrections_with_a_clear_job_error(
     assert not (settings.model_dir / "versions" / "current").exists()
     assert get_context().model_version == BASE  # the worker still serves
     assert reports(client) == (BASE, BASE)
+
+
+def test_a_version_the_gate_refuses_stays_a_candidate_until_an_operator_promotes_it(
+    client: FlaskClient,
+    worker: SimpleWorker,
+    settings: Settings,
+    redis_conn: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    closed = LoopSettings(eval_fraction=0.3, promote_margin=1.0, promote_tolerance=0.0, min_eval_samples=1)
+    load_model(settings.with_changes(min_train_samples=4, train_steps=2, loop=closed))
+    record_corrections(client, 6)
+    queued = request_training(redis_conn, settings, TrainRequest(project=PROJECT))
+    assert work(worker)
+    info = client.get(f"/jobs/{queued.job_id}?result=1").get_json()
+    assert info["status"] == "finished", info["error"]
+    result = info["result"]
+    version = result["version"]
+    assert (result["current"], result["gate"]["promoted"]) == (False, False)
+    before, after = result["metrics"]["before"]["giou"], result["metrics"]["after"]["giou"]
+    assert result["gate"]["reason"] == (
+        f"final-level gIoU {after:.4f} vs served {before:.4f} ({after - before:+.4f}) does not beat it by "
+        "PROMOTE_MARGIN=1.0"
+    )
+    assert result["held_by"] == f"the promotion gate: {result['gate']['reason']}"
+    assert not (settings.model_dir / "versions" / "projects" / str(PROJECT)).exists()  # nothing moved
+    assert reports(client) == (BASE, BASE)
+    assert predict(client, worker)["model_version"] == BASE
+
+    monkeypatch.setenv("MODEL_DIR", str(settings.model_dir))
+    monkeypatch.setenv("CORES_CHECKPOINT", str(settings.checkpoint))
+    monkeypatch.delenv(PIN_ENV, raising=False)
+    monkeypatch.delenv("MODEL_VERSION", raising=False)
+    capsys.readouterr()
+    assert versions_main(["list"]) == 0
+    listing = capsys.readouterr().out
+    row = next(line for line in listing.splitlines() if line.lstrip(" *").startswith(version))
+    levels = sorted(result["metrics"]["after"]["levels"], key=lambda level: level["level"])
+    assert "/".join(f"{lv['giou']:.3f}" for lv in levels) in row
+    assert row.rstrip().endswith("candidate")
+    assert f"{version}: candidate: {result['gate']['reason']}" in listing
+
+    assert versions_main(["promote", version, "--project", str(PROJECT)]) == 0  # the operator overrides
+    assert reports(client) == (version, BASE)
+    assert predict(client, worker)["model_version"] == version

@@ -191,7 +191,10 @@ def test_versions_command(settings: Settings, monkeypatch: pytest.MonkeyPatch, c
 
     assert versions_main(["list"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["version", "parent", "created", "(UTC)", "samples", "gIoU", "after"]
+    header = (
+        "version parent created (UTC) samples gIoU per level cIoU per level parent's gIoU correction gate"
+    )
+    assert table[0].split() == header.split()
     assert [line.split()[0] for line in table[1:]] == ["cores-cores", first, "*"]
     assert table[-1].split()[1:3] == [second, first]
 
