@@ -360,7 +360,7 @@ def recall_project(
         if raw is None:
             continue
         try:
-            found[int(task)] = RememberedPrediction.from_json(json.loads(raw))
+            found[int(task)] = RememberedPrediction.from_json(json_codec.loads(raw))
         except ValueError as exc:
             logger.warning("task %s: skipping an unreadable remembered prediction: %s", task, exc)
         if len(found) >= limit:
