@@ -115,7 +115,7 @@ class CoresPipeline:
         device: str | None = None,
         dtype: str | None = None,
         vision_tower: str | None = None,
-        sam_attention: str = "sdpa",
+        sam_attention: str = "auto",
         **kwargs: Any,
     ) -> CoresPipeline:
         """Load a checkpoint folder or hub id (see :func:`cores.checkpoints.loading.load_checkpoint`)."""
