@@ -26,6 +26,7 @@ import torch
 from cores.checkpoints.loading import LoadedCheckpoint, load_checkpoint
 from cores.errors import ChainError, ImageError, QueryError
 from cores.inference.devices import resolve_device, resolve_dtype
+from cores.inference.fast_paths import FastPathConfig, FastPaths
 from cores.inference.images import load_image
 from cores.inference.result import ChainResult, LevelResult, split_levels
 from cores.modeling.model import AllowedTokensFn, PrefixCache
@@ -81,6 +82,8 @@ class CoresPipeline:
         max_new_tokens: generation budget in ``generate`` mode.
         prefix_cache: reuse the keys/values of the prompt part before the image (system prompt and
             in-context example) across queries.
+        fast_paths: run the encoders, the language model and SAM's decoder through static-shape calls
+            (CUDA graphs on CUDA; see :mod:`cores.inference.fast_paths`); None runs them as they come.
 
     SAM's attention kernel belongs to the loaded model, not to a pipeline (``load_checkpoint``'s
     ``sam_attention``): a pipeline never changes the model it is given.
@@ -93,6 +96,7 @@ class CoresPipeline:
         cache_bytes: int = 2 * 2**30,
         max_new_tokens: int = 64,
         prefix_cache: bool = True,
+        fast_paths: FastPathConfig | None = None,
     ):
         self.checkpoint = checkpoint
         self.model = checkpoint.model
@@ -106,6 +110,7 @@ class CoresPipeline:
         self._img_size = self.model.sam.image_encoder.img_size
         self.use_prefix_cache = prefix_cache
         self._prefix: PrefixCache | None = None
+        self.fast = FastPaths(self.model, fast_paths) if fast_paths is not None else None
 
     @classmethod
     def from_pretrained(
@@ -162,9 +167,10 @@ class CoresPipeline:
         encoded: dict[str, ImageState] = {}
         if fresh:
             sam_inputs = [prepare_sam_input(image, self._img_size) for image in fresh.values()]
-            sam = self.model.encode_sam(sam_batch(sam_inputs, self._img_size, self.device))
+            encoders = self.fast or self.model
+            sam = encoders.encode_sam(sam_batch(sam_inputs, self._img_size, self.device))
             pixels = torch.cat([clip_pixels(self.checkpoint.image_processor, im) for im in fresh.values()])
-            clip = self.model.encode_clip(pixels)
+            clip = encoders.encode_clip(pixels)
             for i, (key, prepared) in enumerate(zip(fresh, sam_inputs, strict=True)):
                 encoded[key] = ImageState(key, prepared.sizes_only(), sam[i : i + 1], clip[i])
         states = []
@@ -272,7 +278,10 @@ class CoresPipeline:
             e, x = self.model.embed_sequence(ids, state.clip_tokens)
             embeds.append(e)
             expanded.append(x)
-        hidden = self.model.hidden_states(embeds, prefix)
+        if self.fast is not None and prefix is not None:
+            hidden = self.fast.hidden_states(embeds, prefix)
+        else:
+            hidden = self.model.hidden_states(embeds, prefix)
         chain_states = torch.stack(
             [self.model.select_chain_states(h, x) for h, x in zip(hidden, expanded, strict=True)]
         )
@@ -311,8 +320,11 @@ class CoresPipeline:
         """BxNxH chain states, one image state per item -> B results with full-size masks (one SAM-decoder
         call per level for the whole batch)."""
         started = time.perf_counter()
-        prompts = self.model.seg_embeddings(chain_states)
-        low_res, scores = self.model.decode_chain(torch.cat([s.sam_embedding for s in states]), prompts)
+        images = torch.cat([s.sam_embedding for s in states])
+        if self.fast is not None:
+            low_res, scores = self.fast.decode(images, chain_states)
+        else:
+            low_res, scores = self.model.decode_chain(images, self.model.seg_embeddings(chain_states))
         scores = scores.float().cpu()
         results = []
         for b, (state, query, text) in enumerate(zip(states, queries, texts, strict=True)):
