@@ -39,6 +39,7 @@ from rq import Queue
 from rq.job import Job
 
 from backend.images.fetcher import ImageFetcher
+from backend.jobs.fast_start import adopt_in_place, build_pipeline, warm_up_pipeline
 from backend.jobs.queues import PREDICT_JOB, QUEUE_NAMES, SERIALIZER, get_queue
 from backend.jobs.redis_outages import MAINTENANCE_INTERVAL_S, WORKER_TTL_S, OutageTolerantWorker
 from backend.jobs.shutdown import GracefulWorker
@@ -164,7 +165,11 @@ class ModelHolder:
             if self._fetchers is None or self._settings != settings:
                 self._fetchers = FetcherPool(settings)
             self._settings = settings
-            if current is not None and (current.checkpoint, *_device_key(current.settings)) == key:
+            if (
+                current is not None
+                and _device_key(current.settings) == key[1:]
+                and (current.checkpoint == key[0] or adopt_in_place(current.pipeline, served.checkpoint))
+            ):
                 pipeline = current.pipeline
             else:
                 if current is not None:
@@ -176,8 +181,6 @@ class ModelHolder:
                     )
                     current = None  # drop every reference to the old model before freeing it
                     self._free()
-                from cores.inference.pipeline import CoresPipeline
-
                 logger.info(
                     "loading CoReS checkpoint %s, model version %s (device=%s, dtype=%s)",
                     served.checkpoint,
@@ -185,9 +188,7 @@ class ModelHolder:
                     settings.device,
                     settings.dtype,
                 )
-                pipeline = CoresPipeline.from_pretrained(
-                    served.checkpoint, device=settings.device, dtype=settings.dtype
-                )
+                pipeline = build_pipeline(served.checkpoint, settings)
                 logger.info("model %s loaded on %s", served.name, pipeline.device)
             self._context = WorkerContext(
                 settings=settings,
@@ -376,6 +377,7 @@ def run_worker(
     try:
         settings = ensure_checkpoint(settings)
         context = load_model(settings)
+        warm_up_pipeline(context.pipeline)  # before the worker registers: no request waits on a capture
     except (CoresError, OSError, ValueError, RuntimeError) as exc:  # VersionError is a ValueError
         logger.critical(
             "cannot load the CoReS checkpoint of the served model version (base %r): %s",

@@ -84,6 +84,8 @@ class CoresPipeline:
             in-context example) across queries.
         fast_paths: run the encoders, the language model and SAM's decoder through static-shape calls
             (CUDA graphs on CUDA; see :mod:`cores.inference.fast_paths`); None runs them as they come.
+        micro_batch: most items ``segment_batch`` passes through the model at once (a larger batch runs
+            in micro-batches; see :mod:`cores.inference.memory`); None: all at once.
 
     SAM's attention kernel belongs to the loaded model, not to a pipeline (``load_checkpoint``'s
     ``sam_attention``): a pipeline never changes the model it is given.
@@ -97,6 +99,7 @@ class CoresPipeline:
         max_new_tokens: int = 64,
         prefix_cache: bool = True,
         fast_paths: FastPathConfig | None = None,
+        micro_batch: int | None = None,
     ):
         self.checkpoint = checkpoint
         self.model = checkpoint.model
@@ -111,6 +114,7 @@ class CoresPipeline:
         self.use_prefix_cache = prefix_cache
         self._prefix: PrefixCache | None = None
         self.fast = FastPaths(self.model, fast_paths) if fast_paths is not None else None
+        self.micro_batch = micro_batch
 
     @classmethod
     def from_pretrained(
@@ -267,7 +271,11 @@ class CoresPipeline:
 
     @torch.no_grad()
     def segment_batch(self, items: Sequence[tuple[np.ndarray, str, bool | None]]) -> list[ChainResult]:
-        """``answer`` mode for many (image, query, is_sentence) items: one language-model pass for all."""
+        """``answer`` mode for many (image, query, is_sentence) items: one language-model pass per
+        micro-batch (all items when ``micro_batch`` is None)."""
+        step = self.micro_batch or len(items) or 1
+        if len(items) > step:
+            return [r for i in range(0, len(items), step) for r in self.segment_batch(items[i : i + step])]
         start = time.perf_counter()
         states, hits = self._encode([image for image, _, _ in items])
         encoded = time.perf_counter()
