@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from cores.checkpoints.loading import LoadedCheckpoint, load_checkpoint
-from cores.errors import ChainError, ImageError, QueryError
+from cores.errors import ChainError, QueryError
 from cores.inference.devices import resolve_device, resolve_dtype
 from cores.inference.fast_paths import FastPathConfig, FastPaths
+from cores.inference.image_keys import check_image, encoded_image_key, image_key
 from cores.inference.images import load_image
 from cores.inference.result import ChainResult, LevelResult, split_levels
 from cores.modeling.model import AllowedTokensFn, PrefixCache
@@ -39,7 +40,17 @@ from cores.modeling.vision import clip_pixels
 logger = logging.getLogger(__name__)
 
 MODES = ("answer", "generate")
-__all__ = ["MAX_QUERY_CHARS", "MODES", "CoresPipeline", "ImageState", "image_key", "load_image"]
+MAX_PREPARED = 64
+"""Images resized ahead (:meth:`CoresPipeline.prepare`) kept at most, the oldest dropped first."""
+__all__ = [
+    "MAX_QUERY_CHARS",
+    "MODES",
+    "CoresPipeline",
+    "ImageState",
+    "encoded_image_key",
+    "image_key",
+    "load_image",
+]
 
 
 @dataclass
@@ -55,22 +66,6 @@ class ImageState:
     def nbytes(self) -> int:
         tensors = (self.sam_embedding, self.clip_tokens)
         return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        found = (getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__))
-        raise ImageError(f"expected an HxWx3 uint8 RGB array, found shape/dtype {found}")
-    if min(image.shape[:2]) < 1:
-        raise ImageError(f"image has no pixels: shape {image.shape}")
-    return np.ascontiguousarray(image)
-
-
-def image_key(image: np.ndarray) -> str:
-    """Content hash of an image array (shape + pixels)."""
-    digest = hashlib.sha256(str(image.shape).encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
 
 
 class CoresPipeline:
@@ -115,6 +110,8 @@ class CoresPipeline:
         self._prefix: PrefixCache | None = None
         self.fast = FastPaths(self.model, fast_paths) if fast_paths is not None else None
         self.micro_batch = micro_batch
+        self._prepared: OrderedDict[str, tuple[SamInput, torch.Tensor]] = OrderedDict()
+        self._prepared_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -147,6 +144,18 @@ class CoresPipeline:
         """Encode an HxWx3 uint8 RGB image with SAM and CLIP, or return the cached encodings."""
         return self.set_images([image])[0]
 
+    def prepare(self, image: np.ndarray, key: str) -> None:
+        """Resize ``image`` for SAM and CLIP now (from any thread: an image loader's pool), kept by ``key``
+        until the next encoding of that key uses it (at most ``MAX_PREPARED`` kept)."""
+        checked = check_image(image)
+        if key in self._cache:
+            return
+        inputs = self._inputs("", checked)
+        with self._prepared_lock:
+            self._prepared[key] = inputs
+            while len(self._prepared) > MAX_PREPARED:
+                self._prepared.popitem(last=False)
+
     def set_images(self, images: Sequence[np.ndarray], keys: Sequence[str] | None = None) -> list[ImageState]:
         """Encode several images; the ones not in the cache go through each encoder as one batch.
 
@@ -160,7 +169,7 @@ class CoresPipeline:
         self, images: Sequence[np.ndarray], given_keys: Sequence[str] | None = None
     ) -> tuple[list[ImageState], int]:
         """(states, number of cache hits)."""
-        checked = [_check_image(image) for image in images]
+        checked = [check_image(image) for image in images]
         if given_keys is not None and len(given_keys) != len(checked):
             raise ValueError(f"{len(given_keys)} image keys for {len(checked)} images")
         keys = list(given_keys) if given_keys is not None else [image_key(image) for image in checked]
@@ -170,10 +179,11 @@ class CoresPipeline:
                 fresh.setdefault(key, image)
         encoded: dict[str, ImageState] = {}
         if fresh:
-            sam_inputs = [prepare_sam_input(image, self._img_size) for image in fresh.values()]
+            ready = [self._inputs(key, image) for key, image in fresh.items()]
+            sam_inputs = [sam_input for sam_input, _ in ready]
             encoders = self.fast or self.model
             sam = encoders.encode_sam(sam_batch(sam_inputs, self._img_size, self.device))
-            pixels = torch.cat([clip_pixels(self.checkpoint.image_processor, im) for im in fresh.values()])
+            pixels = torch.cat([clip for _, clip in ready])
             clip = encoders.encode_clip(pixels)
             for i, (key, prepared) in enumerate(zip(fresh, sam_inputs, strict=True)):
                 encoded[key] = ImageState(key, prepared.sizes_only(), sam[i : i + 1], clip[i])
@@ -187,6 +197,14 @@ class CoresPipeline:
         while len(self._cache) > 1 and sum(s.nbytes for s in self._cache.values()) > self.cache_bytes:
             self._cache.popitem(last=False)
         return states, len(keys) - sum(key in fresh for key in keys)
+
+    def _inputs(self, key: str, image: np.ndarray) -> tuple[SamInput, torch.Tensor]:
+        """SAM input and CLIP pixels of an image: prepared ahead (:meth:`prepare`) or now."""
+        with self._prepared_lock:
+            held = self._prepared.pop(key) if key in self._prepared else None
+        if held is not None:
+            return held
+        return prepare_sam_input(image, self._img_size), clip_pixels(self.checkpoint.image_processor, image)
 
     def clear_cache(self) -> None:
         """Forget every cached image encoding."""
@@ -270,14 +288,18 @@ class CoresPipeline:
         return result
 
     @torch.no_grad()
-    def segment_batch(self, items: Sequence[tuple[np.ndarray, str, bool | None]]) -> list[ChainResult]:
+    def segment_batch(
+        self, items: Sequence[tuple[np.ndarray, str, bool | None]], keys: Sequence[str] | None = None
+    ) -> list[ChainResult]:
         """``answer`` mode for many (image, query, is_sentence) items: one language-model pass per
-        micro-batch (all items when ``micro_batch`` is None)."""
+        micro-batch (all items when ``micro_batch`` is None). ``keys``: the images' cache keys, as in
+        :meth:`set_images`."""
         step = self.micro_batch or len(items) or 1
         if len(items) > step:
-            return [r for i in range(0, len(items), step) for r in self.segment_batch(items[i : i + step])]
+            parts = [slice(i, i + step) for i in range(0, len(items), step)]
+            return [r for p in parts for r in self.segment_batch(items[p], keys[p] if keys else None)]
         start = time.perf_counter()
-        states, hits = self._encode([image for image, _, _ in items])
+        states, hits = self._encode([image for image, _, _ in items], keys)
         encoded = time.perf_counter()
         all_ids = [self.prompt_ids(q, is_sentence=s, with_answer=True) for _, q, s in items]
         prefix, all_ids = self._split_prefix(all_ids)
