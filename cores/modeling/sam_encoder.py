@@ -159,3 +159,8 @@ def compile_encoder(sam: Sam, *, mode: str | None = "max-autotune-no-cudagraphs"
     """``torch.compile`` SAM's image encoder in place (``nn.Module.compile``, static shapes); ``kwargs`` go
     to ``torch.compile`` (tests pass ``backend="eager"``)."""
     sam.image_encoder.compile(mode=mode, dynamic=False, **kwargs)
+
+
+def uncompile_encoder(sam: Sam) -> None:
+    """Undo :func:`compile_encoder`: the encoder runs eagerly again."""
+    sam.image_encoder._compiled_call_impl = None
