@@ -27,6 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 from cores.inference.fast_paths import FastPathConfig
 from cores.inference.pipeline import CoresPipeline
 from cores.inference.warm_up import warm_up
+from cores.modeling.sam_encoder import choose_kernel
 
 ATTENTION_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention", "flex_attention", "cudnn")
 
@@ -157,6 +158,8 @@ def measure_graphed(
     rates = [v["images_per_s"] for v in out["bulk"].values() if "images_per_s" in v]
     out["bulk_best_images_per_s"] = max(rates) if rates else None
     out["attention_kernels"] = attention_kernels(pipe, decode_jpeg(jpegs[1 % len(jpegs)]), queries[0])
+    chosen, trial = choose_kernel(pipe.model.sam)  # what ``sam_attention="auto"`` picks here, and why
+    out["sam_attention"] = {"auto_choice": chosen, "attention_ms_per_image": trial}
     return out
 
 

@@ -155,7 +155,7 @@ def configure_encoder(sam: Sam, attention: str = "auto", *, trim_windows: bool =
     return kind
 
 
-def compile_encoder(sam: Sam, *, mode: str | None = "max-autotune-no-cudagraphs", **kwargs: Any) -> None:
+def compile_encoder(sam: Sam, *, mode: str | None = None, **kwargs: Any) -> None:
     """``torch.compile`` SAM's image encoder in place (``nn.Module.compile``, static shapes); ``kwargs`` go
     to ``torch.compile`` (tests pass ``backend="eager"``)."""
     sam.image_encoder.compile(mode=mode, dynamic=False, **kwargs)
