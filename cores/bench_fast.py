@@ -158,8 +158,8 @@ def measure_graphed(
     rates = [v["images_per_s"] for v in out["bulk"].values() if "images_per_s" in v]
     out["bulk_best_images_per_s"] = max(rates) if rates else None
     out["attention_kernels"] = attention_kernels(pipe, decode_jpeg(jpegs[1 % len(jpegs)]), queries[0])
-    chosen, trial = choose_kernel(pipe.model.sam)  # what ``sam_attention="auto"`` picks here, and why
-    out["sam_attention"] = {"auto_choice": chosen, "attention_ms_per_image": trial}
+    kind, trial = choose_kernel(pipe.model.sam)  # what ``sam_attention="auto"`` picks here, and why
+    out["sam_attention"] = {"auto_choice": kind, "attention_ms_per_image": trial}
     return out
 
 
