@@ -38,12 +38,16 @@ def read_only_cache(
     """A cache serving 1xHeadsxPxD prefix ``keys``/``values`` (expanded, not copied, to ``batch`` rows) that
     keeps none of the new tokens' keys/values."""
     cache = DynamicCache(config=config)
-    for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
-        cache.update(k[:, :, :0].expand(batch, -1, -1, -1), v[:, :, :0].expand(batch, -1, -1, -1), layer)
-        held = cast(DynamicLayer, cache.layers[layer])
+    if len(cache.layers) != len(keys) or not all(type(layer) is DynamicLayer for layer in cache.layers):
+        raise ValueError(f"a prefix of {len(keys)} layers does not fit this model's cache layers")
+    for layer, k, v in zip(cache.layers, keys, values, strict=True):
+        # Set, not ``update``d: no allocation, no host copy (safe inside a CUDA graph capture).
+        held = cast(DynamicLayer, layer)
         held.__class__ = _PrefixLayer
+        held.device = k.device
         held.keys = k.expand(batch, -1, -1, -1)
         held.values = v.expand(batch, -1, -1, -1)
+        held.is_initialized = True
     return cache
 
 
