@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The round-2 GPU benchmark in one run: LLaMA-7B + CLIP ViT-L/14 + SAM ViT-H with random weights built on
 # the GPU in bf16 (no checkpoint needed), the fast (eager), graphs (static shapes + CUDA graphs) and
-# baseline paths in one process, then the graphs path with SAM's encoder compiled. Writes JSON under docs/.
+# baseline paths in one process, brush RLE on smooth masks (CPU), then the graphs path with SAM's encoder
+# compiled. Writes JSON under docs/ (bench-round2-7b.json, bench-round2-rle.json,
+# bench-round2-7b-compiled.json).
 #
 #   bash benchmarks/gpu_round2.sh              # on a GPU machine; two steps, < 12 minutes in all
 #   bash benchmarks/gpu_round2.sh --tiny DIR   # the same steps at tiny size on the CPU, JSON into DIR
@@ -31,6 +33,8 @@ started=$(date +%s)
 echo "== step 1: fast, graphs, baseline"
 timeout --signal=INT "$((BUDGET_S * 6 / 10))" "$PYTHON" -m cores.bench "${COMMON[@]}" "${STEP1[@]}" \
     --json "$OUT_DIR/bench-round2-7b.json"
+echo "== brush RLE on smooth masks (CPU)"
+"$PYTHON" benchmarks/bench_rle.py --sdk-repeats 1 --json "$OUT_DIR/bench-round2-rle.json"
 left=$((BUDGET_S - ($(date +%s) - started)))
 if ((left < 60)); then
     echo "== step 2 skipped: ${left} s of the budget left"
