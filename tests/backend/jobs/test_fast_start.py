@@ -91,3 +91,30 @@ def test_the_worker_registers_only_once_warm(
     finally:
         worker.terminate()
         worker.wait(timeout=60)
+
+
+def test_a_same_architecture_version_is_adopted_in_place(settings: Settings, tmp_path: Path) -> None:
+    """The path a CUDA worker with captured graphs takes (``capture`` is what CUDA sets; on the CPU the
+    calls stay uncaptured either way)."""
+    import numpy as np
+
+    from cores.checkpoints.tiny import make_tiny_checkpoint
+    from cores.inference.pipeline import CoresPipeline
+
+    fast = FastPathSettings.from_env({**SMALL, "CORES_FAST_PATHS": "true"})
+    pipeline = build_pipeline(str(settings.checkpoint), settings, fast)
+    assert pipeline.fast is not None
+    pipeline.fast.capture = True
+    image = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    pipeline.segment(image, "the red cup")
+    other = make_tiny_checkpoint(tmp_path / "v2", layout="cores", seed=5)
+    model = pipeline.model
+    assert adopt_in_place(pipeline, str(other))
+    assert pipeline.model is model
+    assert pipeline.checkpoint.path == other
+    want = CoresPipeline.from_pretrained(other, device="cpu").segment(image, "the red cup")
+    got = pipeline.segment(image, "the red cup")
+    for a, b in zip(got.levels, want.levels, strict=True):
+        assert np.array_equal(a.mask, b.mask)
+    lisa = make_tiny_checkpoint(tmp_path / "lisa", layout="lisa", seed=5)
+    assert not adopt_in_place(pipeline, str(lisa))  # another chain: a new pipeline is loaded instead
