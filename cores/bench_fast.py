@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 from cores.inference.fast_paths import FastPathConfig
 from cores.inference.pipeline import CoresPipeline
 from cores.inference.warm_up import warm_up
-from cores.modeling.sam_encoder import choose_kernel
+from cores.modeling.sam_encoder import choose_kernel, configure_encoder
 
 ATTENTION_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention", "flex_attention", "cudnn")
 
@@ -164,6 +164,8 @@ def measure_graphed(
 
 
 def graphed_pipeline(checkpoint: Any, *, compile_sam: bool, batch_buckets: tuple[int, ...]) -> CoresPipeline:
-    """A pipeline with fast paths (graphs on CUDA) sharing ``checkpoint``'s model."""
+    """A pipeline with fast paths (graphs on CUDA) sharing ``checkpoint``'s model, its SAM encoder set as a
+    worker loads it (``sam_attention="auto"``, trimmed windows)."""
+    configure_encoder(checkpoint.model.sam, "auto")
     config = FastPathConfig(compile_sam=compile_sam, batch_buckets=batch_buckets)
     return CoresPipeline(checkpoint, fast_paths=config, micro_batch=max(batch_buckets))
