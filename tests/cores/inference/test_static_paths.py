@@ -173,3 +173,45 @@ def test_warm_up_runs_every_shape_once(pipe):
     assert {key[2:] for key in fast._calls if key[0] == "language_model"} == {
         (b, n) for b in (1, 2) for n in (48, 64)
     }
+
+
+def test_full_size_static_paths_on_the_meta_device():
+    """LLaMA-7B + CLIP ViT-L/14 + SAM ViT-H shapes through every static call (no memory, no numbers)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from cores.modeling.build import build_model
+    from cores.modeling.config import CORES_7B
+    from cores.modeling.model import PrefixCache
+    from cores.modeling.sam import SAM_GEOMETRIES, reset_sam_buffers
+    from cores.modeling.vision import CLIP_VIT_L14
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("meta"):
+            tower = CLIPVisionModel(CLIPVisionConfig(**CLIP_VIT_L14.to_dict()))
+            model = build_model(
+                CORES_7B, SAM_GEOMETRIES["vit_h"], vision_tower=tower, chain_token_ids=(1, 2), refiner=False
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    reset_sam_buffers(model.sam, torch.device("meta"))
+    config = model.llm.config
+    heads, dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+
+    def kv() -> list[torch.Tensor]:
+        return [torch.empty(1, heads, 90, dim, device="meta") for _ in range(config.num_hidden_layers)]
+
+    prefix = PrefixCache(ids=tuple(range(90)), keys=kv(), values=kv())
+    fast = FastPaths(model, FastPathConfig())
+    with torch.no_grad():
+        rows = [torch.empty(n, config.hidden_size, device="meta") for n in (290, 300, 350)]
+        assert [tuple(h.shape) for h in fast.hidden_states(rows, prefix)] == [
+            (n, 4096) for n in (290, 300, 350)
+        ]
+        assert {key[2:] for key in fast._calls} == {(2, 320), (1, 384)}
+        assert fast.encode_clip(torch.empty(3, 3, 224, 224, device="meta")).shape == (3, 256, 4096)
+        images = torch.empty(3, 256, 64, 64, device="meta")
+        low_res, scores = fast.decode(images, torch.empty(3, 2, 4096, device="meta"))
+        assert low_res.shape == (3, 2, 256, 256)
+        assert scores.shape == (3, 2)
