@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
+from cores.bench_fast import graphed_pipeline, measure_graphed, memory_gib, to_jpeg
 from cores.checkpoints.loading import LoadedCheckpoint
 from cores.checkpoints.tiny import make_tiny_checkpoint
 from cores.inference.devices import resolve_device, resolve_dtype
@@ -38,6 +39,7 @@ from cores.modeling.build import build_model
 from cores.modeling.config import CORES_7B, CORES_CHAIN
 from cores.modeling.sam import SAM_GEOMETRIES, prepare_sam_input, reset_sam_buffers, sam_batch
 from cores.modeling.sam_attention import use_sdpa
+from cores.modeling.sam_encoder import set_kernel, uncompile_encoder
 from cores.modeling.tokenizer import load_tokenizer, token_id
 from cores.modeling.vision import CLIP_VIT_L14
 
@@ -51,12 +53,16 @@ QUERIES = (
 )
 
 
-def random_checkpoint(size: str, device: torch.device, dtype: torch.dtype, workdir: Path) -> LoadedCheckpoint:
+def random_checkpoint(
+    size: str, device: torch.device, dtype: torch.dtype, workdir: Path, base_vocab: int = 1000
+) -> LoadedCheckpoint:
     """A model of real (``7b``) or tiny size with random weights, built directly on ``device`` in ``dtype``.
 
-    The tokenizer is the tiny test tokenizer (its ids fit any vocabulary); prompt lengths are printed.
+    The tokenizer is a tiny one trained on the prompt text with ``base_vocab`` pieces (its ids fit any
+    vocabulary): at 1000 it spells the prompts in whole words, ~380 positions with the image, like LLaMA's
+    tokenizer; the positions are reported.
     """
-    tiny_dir = make_tiny_checkpoint(workdir / "tiny", layout="cores")
+    tiny_dir = make_tiny_checkpoint(workdir / "tiny", layout="cores", base_vocab=base_vocab)
     if size == "tiny":
         from cores.checkpoints.loading import load_checkpoint
 
@@ -149,20 +155,22 @@ def measure_path(
     }
     for size in batch_sizes:
         batch = [(images[i % len(images)], QUERIES[i % len(QUERIES)], None) for i in range(size)]
-        pipe.clear_cache()
+        run = partial(pipe.segment_batch, batch) if fast else partial(_one_by_one, pipe, batch)
         try:
-            if fast:
-                ms = _timed(partial(pipe.segment_batch, batch), device)
-            else:
-                ms = _timed(partial(_one_by_one, pipe, batch), device)
+            pipe.clear_cache()
+            run()  # untimed: this batch size's shapes warmed
+            pipe.clear_cache()
+            _peak_reset(device)
+            ms = _timed(run, device)
         except torch.OutOfMemoryError:
             out["bulk"][str(size)] = {"error": "out of memory"}
             torch.cuda.empty_cache()
             continue
-        out["bulk"][str(size)] = {"images_per_s": size / (ms / 1000), "ms": ms}
+        out["bulk"][str(size)] = {"images_per_s": size / (ms / 1000), "ms": ms, **memory_gib(device)}
     rates = [v["images_per_s"] for v in out["bulk"].values() if "images_per_s" in v]
     out["bulk_best_images_per_s"] = max(rates) if rates else None
-    out["peak_memory_gb"] = _peak_gb(device)
+    peaks = [v["peak_allocated_gib"] for v in out["bulk"].values() if v.get("peak_allocated_gib")]
+    out["peak_memory_gb"] = max(peaks) if peaks else _peak_gb(device)  # the largest bulk batch's peak
     return out
 
 
@@ -254,10 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("7b", "tiny"), default="7b")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=50, help="latencies per figure (p95 needs >= 50)")
     parser.add_argument("--batch-sizes", default="1,4,8,16")
     parser.add_argument("--image-size", default="768x1024", help="HxW of the random test images")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--no-graphs", action="store_true", help="skip the static-shape / CUDA-graph path")
+    parser.add_argument(
+        "--compile-sam", action="store_true", help="torch.compile SAM's encoder (graphs path)"
+    )
+    parser.add_argument("--buckets", default="1,2,4,8,16,32", help="batch buckets of the graphs path")
+    parser.add_argument("--base-vocab", type=int, default=1000, help="pieces of the benchmark tokenizer")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -271,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        checkpoint = random_checkpoint(args.size, device, dtype, Path(tmp))
+        checkpoint = random_checkpoint(args.size, device, dtype, Path(tmp), args.base_vocab)
         build_s = time.perf_counter() - started
         logger.info("built %s model on %s in %.1f s", args.size, device, build_s)
         report: dict[str, Any] = {
@@ -285,6 +299,19 @@ def main(argv: list[str] | None = None) -> int:
         }
         fast = CoresPipeline(checkpoint)
         report["components"] = measure_components(fast, images[0], args.repeats)
+        if not args.no_graphs:
+            buckets = tuple(int(b) for b in args.buckets.split(","))
+            graphed = graphed_pipeline(checkpoint, compile_sam=args.compile_sam, batch_buckets=buckets)
+            report["graphs"] = measure_graphed(
+                graphed,
+                jpegs=[to_jpeg(im) for im in images],
+                queries=QUERIES,
+                repeats=args.repeats,
+                batch_sizes=[b for b in batch_sizes if b <= max(buckets)],
+            )
+            graphed.fast = None  # the paths below run the same model eagerly, as in round 1
+            uncompile_encoder(checkpoint.model.sam)
+            set_kernel(checkpoint.model.sam, "sdpa", trim_windows=False)
         report["fast"] = measure_path(
             fast, fast=True, images=images, repeats=args.repeats, batch_sizes=batch_sizes
         )
@@ -304,30 +331,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    rows = [("figure", "fast", "baseline", "speed-up")]
+    paths = [p for p in ("fast", "graphs", "baseline") if p in report]
+    rows = [("figure", *paths, *(f"{p} speed-up" for p in paths if p != "baseline"))]
 
     def add(label: str, key: Callable[[dict[str, Any]], float | None], higher_better: bool = False) -> None:
-        f = key(report["fast"])
-        b = key(report["baseline"]) if "baseline" in report else None
-        ratio = "" if not (f and b) else f"{(f / b if higher_better else b / f):.2f}x"
-        rows.append(
-            (label, f"{f:.1f}" if f is not None else "-", f"{b:.1f}" if b is not None else "-", ratio)
-        )
+        values = {p: key(report[p]) for p in paths}
+        base = values.get("baseline")
+        shown = [f"{v:.1f}" if v is not None else "-" for v in values.values()]
+        ratios = [
+            "" if not (v and base) else f"{(v / base if higher_better else base / v):.2f}x"
+            for p, v in values.items()
+            if p != "baseline"
+        ]
+        rows.append((label, *shown, *ratios))
 
     add("new image p50 (ms)", lambda r: r["new_image"]["p50_ms"])
     add("new image p95 (ms)", lambda r: r["new_image"]["p95_ms"])
     add("repeated image p50 (ms)", lambda r: r["repeated_image"]["p50_ms"])
     add("repeated image p95 (ms)", lambda r: r["repeated_image"]["p95_ms"])
     add("bulk best (images/s)", lambda r: r["bulk_best_images_per_s"], higher_better=True)
-    add("peak memory (GB)", lambda r: r["peak_memory_gb"], higher_better=True)
+    add("peak memory (GB)", lambda r: r.get("peak_memory_gb"), higher_better=True)
     width = max(len(r[0]) for r in rows)
     print(f"{report['size']} on {report['device']} ({report['dtype']})")
     for row in rows:
-        print(f"{row[0]:<{width}}  {row[1]:>10}  {row[2]:>10}  {row[3]:>9}")
+        print(f"{row[0]:<{width}}  " + "  ".join(f"{cell:>16}" for cell in row[1:]))
     print(
         "components:",
         json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in report["components"].items()}),
     )
+    if "graphs" in report:
+        graphs = report["graphs"]
+        print(f"graphs cold start: {graphs['cold_start_s']:.1f} s for {graphs['cold_start_shapes']} shapes")
+        print("graphs bulk per batch size:", json.dumps(graphs["bulk"]))
+        print("attention kernels:", json.dumps(graphs["attention_kernels"]))
     if "fast_vs_baseline_masks" in report:
         print("fast vs baseline masks:", json.dumps(report["fast_vs_baseline_masks"]))
 

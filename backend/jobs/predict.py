@@ -19,6 +19,7 @@ from rq import get_current_job
 from backend.corrections.prediction_memory import RememberedPrediction, remember
 from backend.images.fetcher import FetchedImage, ImageFetchError
 from backend.jobs.delivery import Deliverer, finish_claim
+from backend.jobs.image_prefetch import ImagePrefetch, cache_key
 from backend.jobs.payloads import PredictRequest
 from backend.jobs.refinement import keep_chain, refine_task
 from backend.jobs.worker import WorkerContext, serving_context
@@ -90,32 +91,7 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
         )
         slots = [error_element(mismatch.to_json(t.id), requested) for t in parsed.tasks]
     else:
-        tick = time.perf_counter()
-        images = _fetch_images(context, parsed, ls, slots)
-        timings["fetch_ms"] = (time.perf_counter() - tick) * 1000
-        tick = time.perf_counter()
-        order = [i for i in range(n) if slots[i] is None and not parsed.tasks[i].prompts]
-        chains = run_chains(
-            context.pipeline,
-            [(images[i].array, parsed.tasks[i].query) for i in order],
-            mode=context.settings.mode,
-            batch_size=context.settings.predict_batch_size,
-        )
-        ttl = context.settings.prediction_memory_ttl
-        if parsed.kind == "interactive":  # the annotator may click next: keep the chain embeddings
-            for i, chain in zip(order, chains, strict=True):
-                if not isinstance(chain, TaskError):
-                    keep_chain(connection, version, images[i].array, chain, ttl)
-        clicked = [i for i in range(n) if slots[i] is None and parsed.tasks[i].prompts]
-        refined = [
-            refine_task(context.pipeline, connection, version, images[i].array, parsed.tasks[i], ttl)
-            for i in clicked
-        ]
-        timings["model_ms"] = (time.perf_counter() - tick) * 1000
-        tick = time.perf_counter()
-        for i, chain in zip(order + clicked, chains + refined, strict=True):
-            slots[i] = _format(chain, images[i], parsed, i)
-        timings["format_ms"] = (time.perf_counter() - tick) * 1000
+        _predict_groups(context, parsed, ls, connection, slots, timings)
 
     results = [slot if slot is not None else {} for slot in slots]
     _remember(connection, context.settings, parsed, results)
@@ -143,15 +119,21 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_chains(
-    pipeline: CoresPipeline, items: Sequence[tuple[np.ndarray, str]], *, mode: str, batch_size: int
+    pipeline: CoresPipeline,
+    items: Sequence[tuple[np.ndarray, str]],
+    *,
+    mode: str,
+    batch_size: int,
+    keys: Sequence[str] | None = None,
 ) -> list[ChainResult | TaskError]:
     """Run the chain for every (image, query); a failing item gets a ``TaskError`` in its place.
 
     ``answer`` mode runs ``segment_batch`` on groups of ``batch_size`` (one language-model pass each) and
     falls back to one ``segment`` per item when a group fails, so one bad item does not sink the group.
-    ``generate`` mode runs ``segment`` per item. Any exception of an item (``QueryError``, ``ValueError``,
-    ``UnicodeError``, anything) becomes that item's ``TaskError``; only ``BaseException`` s that are not
-    ``Exception`` s (a shutdown interrupt) pass through.
+    ``generate`` mode runs ``segment`` per item. ``keys``: the images' cache keys (the encoded bytes'
+    digests, ``image_prefetch.cache_key``), used by the batched pass. Any exception of an item
+    (``QueryError``, ``ValueError``, ``UnicodeError``, anything) becomes that item's ``TaskError``; only
+    ``BaseException`` s that are not ``Exception`` s (a shutdown interrupt) pass through.
     """
     from cores.errors import CoresError
 
@@ -160,7 +142,8 @@ def run_chains(
         for start in range(0, len(items), batch_size):
             group = items[start : start + batch_size]
             try:
-                results.extend(pipeline.segment_batch([(image, query, None) for image, query in group]))
+                part = keys[start : start + batch_size] if keys is not None else None
+                results.extend(pipeline.segment_batch([(image, q, None) for image, q in group], part))
                 continue
             except Exception as exc:  # one bad item must not sink the group: retry each alone
                 level = logging.INFO if isinstance(exc, CoresError) else logging.WARNING
@@ -171,18 +154,26 @@ def run_chains(
                     exc,
                     len(group),
                 )
-            results.extend(_segment_one(pipeline, image, query, mode) for image, query in group)
+            part_keys = keys[start : start + batch_size] if keys is not None else [None] * len(group)
+            results.extend(
+                _segment_one(pipeline, image, query, mode, key)
+                for (image, query), key in zip(group, part_keys, strict=True)
+            )
         return results
-    return [_segment_one(pipeline, image, query, mode) for image, query in items]
+    each = keys if keys is not None else [None] * len(items)
+    return [
+        _segment_one(pipeline, image, query, mode, key)
+        for (image, query), key in zip(items, each, strict=True)
+    ]
 
 
 def _segment_one(
-    pipeline: CoresPipeline, image: np.ndarray, query: str, mode: str
+    pipeline: CoresPipeline, image: np.ndarray, query: str, mode: str, key: str | None = None
 ) -> ChainResult | TaskError:
     from cores.errors import CoresError, QueryError
 
     try:
-        return pipeline.segment(image, query, mode=mode)
+        return pipeline.segment(image, query, mode=mode, key=key)
     except QueryError as exc:
         return TaskError("query", f"the model rejected the query: {exc}")
     except CoresError as exc:
@@ -197,18 +188,77 @@ def _internal(exc: Exception) -> TaskError:
     return TaskError("internal", f"predicting this task failed: {type(exc).__name__}: {str(exc)[:300]}")
 
 
-def _fetch_images(
+def _predict_groups(
     context: WorkerContext,
     request: PredictRequest,
     ls: LabelStudioConnection | None,
+    connection: redis.Redis | None,
     slots: list[dict[str, Any] | None],
+    timings: dict[str, float],
+) -> None:
+    """Fill ``slots`` group by group (``PREDICT_BATCH_SIZE`` tasks): images fetched and prepared on a
+    thread pool (``image_prefetch``) while the model works on the group before. Tasks with clicks are
+    refined from their query's kept chain (``refinement``); interactive queries keep theirs."""
+    fetcher, pipeline = context.fetcher(ls), context.pipeline
+    tasks = request.tasks
+    prefetch = ImagePrefetch(
+        lambda i: fetcher.fetch(tasks[i].image, task_id=tasks[i].id),
+        len(tasks),
+        prepare=lambda image: pipeline.prepare(image.array, cache_key(image)),
+    )
+    step = context.settings.predict_batch_size
+    timings.update(fetch_ms=0.0, model_ms=0.0, format_ms=0.0)
+    try:
+        for first in range(0, len(tasks), step):
+            tick = time.perf_counter()
+            group = range(first, min(len(tasks), first + step))
+            images = _fetch_images(prefetch, request, group, slots)
+            timings["fetch_ms"] += (time.perf_counter() - tick) * 1000
+            tick = time.perf_counter()
+            order = [i for i in group if slots[i] is None and not tasks[i].prompts]
+            chains = run_chains(
+                pipeline,
+                [(images[i].array, tasks[i].query) for i in order],
+                mode=context.settings.mode,
+                batch_size=step,
+                keys=[cache_key(images[i]) for i in order],
+            )
+            ttl = context.settings.prediction_memory_ttl
+            if request.kind == "interactive":  # the annotator may click next: keep the chain embeddings
+                for i, chain in zip(order, chains, strict=True):
+                    if not isinstance(chain, TaskError):
+                        keep_chain(connection, request.model_version, cache_key(images[i]), chain, ttl)
+            clicked = [i for i in group if slots[i] is None and tasks[i].prompts]
+            chains += [
+                refine_task(
+                    pipeline,
+                    connection,
+                    request.model_version,
+                    images[i].array,
+                    cache_key(images[i]),
+                    tasks[i],
+                    ttl,
+                )
+                for i in clicked
+            ]
+            timings["model_ms"] += (time.perf_counter() - tick) * 1000
+            tick = time.perf_counter()
+            for i, chain in zip(order + clicked, chains, strict=True):
+                slots[i] = _format(chain, images[i], request, i)
+            timings["format_ms"] += (time.perf_counter() - tick) * 1000
+    finally:
+        prefetch.close()
+
+
+def _fetch_images(
+    prefetch: ImagePrefetch, request: PredictRequest, group: range, slots: list[dict[str, Any] | None]
 ) -> dict[int, FetchedImage]:
-    """Fetch every task's image; a failure fills the task's slot with an ``image_fetch`` error."""
-    fetcher = context.fetcher(ls)
+    """The group's images; a failure fills the task's slot with an ``image_fetch`` error."""
     images: dict[int, FetchedImage] = {}
-    for i, task in enumerate(request.tasks):
+    for i in group:
+        task = request.tasks[i]
         try:
-            images[i] = fetcher.fetch(task.image, task_id=task.id)
+            images[i] = prefetch.result(i)
         except ImageFetchError as exc:
             error = TaskError("image_fetch", exc.detail, reason=exc.reason, url=exc.url)
             slots[i] = error_element(error.to_json(task.id), request.model_version)

@@ -66,15 +66,13 @@ def level_prompts(
 
 
 def keep_chain(
-    connection: redis.Redis | None, version: str, image: np.ndarray, result: ChainResult, ttl_s: int
+    connection: redis.Redis | None, version: str, image_key: str, result: ChainResult, ttl_s: int
 ) -> None:
-    """Keep a query's chain embeddings for later clicks (memory and Redis)."""
-    from cores.inference.pipeline import image_key
-
+    """Keep a query's chain embeddings for later clicks (memory and Redis), by the image's cache key."""
     if result.chain_embeddings is None:
         return
     chain = CachedChain(result.chain_embeddings.numpy(), result.text)
-    CHAINS.put(connection, chain_key(version, image_key(image), result.query), chain, ttl_s)
+    CHAINS.put(connection, chain_key(version, image_key, result.query), chain, ttl_s)
 
 
 def refine_task(
@@ -82,28 +80,29 @@ def refine_task(
     connection: redis.Redis | None,
     version: str,
     image: np.ndarray,
+    image_key: str,
     task: TaskInput,
     ttl_s: int,
 ) -> ChainResult | TaskError:
-    """The task's chain refined with its clicks and boxes, or the task's error."""
+    """The task's chain refined with its clicks and boxes, or the task's error. ``image_key``: the image's
+    cache key (``image_prefetch.cache_key``), under which its encodings and chains are kept."""
     import torch
 
     from cores.errors import CoresError, PromptError, QueryError
-    from cores.inference.pipeline import image_key
 
     height, width = image.shape[:2]
     try:
         prompts = level_prompts(task.prompts, width, height, len(pipeline.chain_tokens))
-        key = chain_key(version, image_key(image), task.query)
+        key = chain_key(version, image_key, task.query)
         chain = CHAINS.get(connection, key)
         if chain is None:
             logger.info("task %s: no chain embeddings for its query here; recomputing them", task.id)
-            base = pipeline.segment(image, task.query)
-            keep_chain(connection, version, image, base, ttl_s)
+            base = pipeline.segment(image, task.query, key=image_key)
+            keep_chain(connection, version, image_key, base, ttl_s)
             assert base.chain_embeddings is not None
             chain = CachedChain(base.chain_embeddings.numpy(), base.text)
         embeddings = torch.from_numpy(chain.embeddings)
-        return pipeline.refine(image, task.query, embeddings, prompts, text=chain.text)
+        return pipeline.refine(image, task.query, embeddings, prompts, text=chain.text, key=image_key)
     except TaskError as exc:
         return exc
     except QueryError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 from rq import get_current_job
 
 from backend.images.fetcher import ImageFetchError
+from backend.jobs.image_prefetch import cache_key
 from backend.jobs.worker import serving_context
 from backend.label_studio.connection import resolve
 from backend.operations.ids import parse_id
@@ -34,8 +35,6 @@ def warm_images(request: dict[str, Any]) -> dict[str, Any]:
     Raises:
         ValueError: a malformed request.
     """
-    from cores.inference.pipeline import image_key
-
     started = time.perf_counter()
     images = request.get("images") if isinstance(request, dict) else None
     if not isinstance(images, list):
@@ -59,10 +58,11 @@ def warm_images(request: dict[str, Any]) -> dict[str, Any]:
         task_id = parse_id(item.get("id"), "images[].id") if isinstance(item, dict) else 0
         try:
             fetched = fetcher.fetch(str(item["image"]), task_id=task_id)
-            if pipeline.encodings is not None and pipeline.encodings.contains(image_key(fetched.array)):
+            key = cache_key(fetched)  # the key prediction jobs look the image up by
+            if pipeline.encodings is not None and pipeline.encodings.contains(key):
                 stored.append(task_id)
                 continue
-            state = pipeline.set_image(fetched.array)
+            state = pipeline.set_images([fetched.array], keys=[key])[0]
             if pipeline.encodings is not None and not pipeline.encodings.contains(state.key):
                 # it was in this worker's memory only: the store (shared by every worker) gets it too
                 pipeline.encodings.save(state.key, state.sam_embedding, state.clip_tokens, state.sam_input)

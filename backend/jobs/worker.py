@@ -7,8 +7,7 @@ weights per job would take minutes. It listens to ``interactive``, ``bulk``, ``w
 
 Shutdown: SIGTERM or Ctrl+C asks for a warm shutdown: the current job finishes, then the worker exits 0;
 if it still runs ``WORKER_SHUTDOWN_GRACE`` seconds later (or at a second signal) it is interrupted and
-requeued at the front of its queue (``backend.jobs.shutdown``). Any number of workers on any number of
-machines can share one ``REDIS_URL``; each takes one job at a time.
+requeued at the front of its queue (``backend.jobs.shutdown``). Workers anywhere share one ``REDIS_URL``.
 
 Jobs reach the loaded model through ``get_context()`` / ``get_pipeline()``: a process-level
 ``ModelHolder``. torch and ``cores.inference.pipeline`` are imported only when the model is loaded, never by
@@ -19,9 +18,8 @@ Model versions: the worker loads the served version (``CORES_MODEL_VERSION``, el
 prediction job names the version the web promised its project (projects can be served their own
 fine-tunes, ``backend.versions.store``); before each job ``CoresWorker`` compares the job's version (or, for
 other jobs, the served one) with the loaded one and, when they differ, frees the old model and loads the
-new one: a published fine-tune, a pin or a rollback reaches every worker at its next job, without a restart.
-The cost of a switch is one model load (about a minute for the 7B model from a local disk): a deployment
-whose projects are served different versions reloads whenever consecutive jobs need different ones.
+new one (or, with captured CUDA graphs, copies its weights in place: ``fast_start``): a published fine-tune,
+a pin or a rollback reaches every worker at its next job, without a restart. A switch costs one load.
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ from rq.job import Job
 
 from backend.images.fetcher import ImageFetcher
 from backend.jobs.encodings import use_store
+from backend.jobs.fast_start import adopt_in_place, build_pipeline, warm_up_pipeline
 from backend.jobs.queues import PREDICT_JOB, QUEUE_NAMES, SERIALIZER, get_queue
 from backend.jobs.redis_outages import MAINTENANCE_INTERVAL_S, WORKER_TTL_S, OutageTolerantWorker
 from backend.jobs.shutdown import GracefulWorker
@@ -165,7 +164,11 @@ class ModelHolder:
             if self._fetchers is None or self._settings != settings:
                 self._fetchers = FetcherPool(settings)
             self._settings = settings
-            if current is not None and (current.checkpoint, *_device_key(current.settings)) == key:
+            if (
+                current is not None
+                and _device_key(current.settings) == key[1:]
+                and (current.checkpoint == key[0] or adopt_in_place(current.pipeline, served.checkpoint))
+            ):
                 pipeline = current.pipeline
             else:
                 if current is not None:
@@ -177,8 +180,6 @@ class ModelHolder:
                     )
                     current = None  # drop every reference to the old model before freeing it
                     self._free()
-                from cores.inference.pipeline import CoresPipeline
-
                 logger.info(
                     "loading CoReS checkpoint %s, model version %s (device=%s, dtype=%s)",
                     served.checkpoint,
@@ -186,9 +187,7 @@ class ModelHolder:
                     settings.device,
                     settings.dtype,
                 )
-                pipeline = CoresPipeline.from_pretrained(
-                    served.checkpoint, device=settings.device, dtype=settings.dtype
-                )
+                pipeline = build_pipeline(served.checkpoint, settings)
                 logger.info("model %s loaded on %s", served.name, pipeline.device)
             use_store(pipeline, settings)
             self._context = WorkerContext(
@@ -378,6 +377,7 @@ def run_worker(
     try:
         settings = ensure_checkpoint(settings)
         context = load_model(settings)
+        warm_up_pipeline(context.pipeline)  # before the worker registers: no request waits on a capture
     except (CoresError, OSError, ValueError, RuntimeError) as exc:  # VersionError is a ValueError
         logger.critical(
             "cannot load the CoReS checkpoint of the served model version (base %r): %s",

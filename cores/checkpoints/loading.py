@@ -29,7 +29,7 @@ from cores.modeling.config import CORES_CHAIN, LISA_CHAIN, CoresConfig
 from cores.modeling.llama_tokenizer import SlowLlamaTokenizer
 from cores.modeling.model import CoresModel
 from cores.modeling.sam import geometry_from_shapes
-from cores.modeling.sam_attention import use_sdpa
+from cores.modeling.sam_encoder import SAM_ATTENTIONS, configure_encoder
 from cores.modeling.tokenizer import detect_chain, load_tokenizer, token_id
 
 __all__ = [
@@ -47,9 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-SAM_ATTENTIONS = ("sdpa", "reference")
-"""How SAM's image encoder may compute attention (``load_checkpoint``'s ``sam_attention``)."""
 
 #: Checkpoint key prefix -> model key prefix, first match wins. The refiner sits on the ForCausalLM class
 #: in CoReS, so its keys have no ``model.`` prefix.
@@ -193,15 +190,16 @@ def load_checkpoint(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     vision_tower: str | None = None,
-    sam_attention: str = "sdpa",
+    sam_attention: str = "auto",
 ) -> LoadedCheckpoint:
     """Load a LISA (one level), CoReS (two levels) or CoReS token-refiner checkpoint, key-exact.
 
     The chain comes from the tokenizer's added tokens, the token refiner from the presence of its keys,
     the SAM geometry from the SAM weights, the CLIP tower from ``mm_vision_tower`` (or ``vision_tower``).
-    ``sam_attention`` is how SAM's image encoder computes attention: ``sdpa`` (fused kernels, the default)
-    or ``reference`` (segment-anything's own); the same weights and results either way (see
-    :mod:`cores.modeling.sam_attention`).
+    ``sam_attention`` is how SAM's image encoder computes attention: ``auto`` (the default: the faster of
+    ``sdpa`` and ``flex`` on CUDA, ``sdpa`` elsewhere), ``sdpa`` (folded fused SDPA), ``flex``
+    (FlexAttention) or ``reference`` (segment-anything's own); the fast kernels also trim the padded
+    windows. The same weights and results either way (see :mod:`cores.modeling.sam_encoder`).
 
     Raises:
         CheckpointError: missing files, unknown layout, or keys/shapes that do not fit.
@@ -240,7 +238,7 @@ def load_checkpoint(
             config, geometry, vision_tower=tower, chain_token_ids=chain_ids, refiner=bool(refiner_keys)
         )
     assign_weights(model, iter_tensors(files), dtype=dtype, device=device)
-    use_sdpa(model.sam, sam_attention == "sdpa")
+    configure_encoder(model.sam, sam_attention)
     model.eval()
     return LoadedCheckpoint(
         model=model, tokenizer=tokenizer, image_processor=processor, config=config, path=path

@@ -39,13 +39,15 @@ _CORPUS_EXTRA = (
 
 
 def _train_sentencepiece(vocab_size: int) -> bytes:
-    """A LLaMA-style SentencePiece BPE model (byte fallback, unk/bos/eos = 0/1/2) trained on prompt text."""
+    """A LLaMA-style SentencePiece BPE model (byte fallback, unk/bos/eos = 0/1/2) trained on prompt text
+    (past :data:`TINY_BASE_VOCAB`, as many pieces as the text gives, up to ``vocab_size``)."""
     lines = [CORES_SYSTEM, LLAVA_SYSTEM, *IN_CONTEXT_EXAMPLES.values(), *CORES_ANSWERS, _CORPUS_EXTRA] * 4
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines),
         model_writer=model,
         vocab_size=vocab_size,
+        hard_vocab_limit=vocab_size <= TINY_BASE_VOCAB,
         model_type="bpe",
         byte_fallback=True,
         split_digits=True,
@@ -63,8 +65,11 @@ def _train_sentencepiece(vocab_size: int) -> bytes:
     return model.getvalue()
 
 
-def _write_tokenizer(out: Path, added: list[str]) -> None:
-    (out / "tokenizer.model").write_bytes(_train_sentencepiece(TINY_BASE_VOCAB))
+def _write_tokenizer(out: Path, added: list[str], base_vocab: int = TINY_BASE_VOCAB) -> int:
+    """Write the tokenizer files; returns the SentencePiece vocabulary size (added tokens follow it)."""
+    model = _train_sentencepiece(base_vocab)
+    (out / "tokenizer.model").write_bytes(model)
+    size = spm.SentencePieceProcessor(model_proto=model).get_piece_size()
 
     def token(content: str) -> dict:
         return {
@@ -93,8 +98,9 @@ def _write_tokenizer(out: Path, added: list[str]) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     special = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<unk>", "unk_token": "<unk>"}
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    ids = {name: TINY_BASE_VOCAB + i for i, name in enumerate(added)}
+    ids = {name: size + i for i, name in enumerate(added)}
     (out / "added_tokens.json").write_text(json.dumps(ids, indent=2))
+    return size
 
 
 def _write_vision_tower(out: Path) -> CLIPVisionModel:
@@ -188,8 +194,13 @@ def make_tiny_sam(path: Path, *, seed: int = 0) -> Path:
     return path
 
 
-def make_tiny_checkpoint(out_dir: Path, *, layout: str = "cores", seed: int = 0) -> Path:
+def make_tiny_checkpoint(
+    out_dir: Path, *, layout: str = "cores", seed: int = 0, base_vocab: int = TINY_BASE_VOCAB
+) -> Path:
     """Write a tiny random checkpoint of ``layout`` (lisa | cores | cores-refiner) to ``out_dir``.
+
+    ``base_vocab`` above the default trains a tokenizer with whole-word pieces for the prompt text, which
+    spells prompts about as long as LLaMA's tokenizer does (benchmarks).
 
     Raises:
         ValueError: unknown layout.
@@ -201,11 +212,11 @@ def make_tiny_checkpoint(out_dir: Path, *, layout: str = "cores", seed: int = 0)
     torch.manual_seed(seed)
     chain = LISA_CHAIN if layout == "lisa" else CORES_CHAIN
     added = [*chain, IM_START_TOKEN, IM_END_TOKEN]
-    _write_tokenizer(out_dir, added)
+    vocab = _write_tokenizer(out_dir, added, base_vocab)
     tower = _write_vision_tower(out_dir / TINY_TOWER)
     geometry = SAM_GEOMETRIES["tiny"]
-    config = _tiny_config(TINY_BASE_VOCAB + len(added), chain)
-    chain_ids = tuple(TINY_BASE_VOCAB + i for i in range(len(chain)))
+    config = _tiny_config(vocab + len(added), chain)
+    chain_ids = tuple(vocab + i for i in range(len(chain)))
     model = build_model(
         config, geometry, vision_tower=tower, chain_token_ids=chain_ids, refiner=layout == "cores-refiner"
     )

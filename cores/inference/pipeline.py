@@ -11,12 +11,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +22,16 @@ import numpy as np
 import torch
 
 from cores.checkpoints.loading import LoadedCheckpoint, load_checkpoint
-from cores.errors import ChainError, ImageError, PromptError, QueryError
+from cores.errors import ChainError, QueryError
 from cores.inference.confidence import level_statistics
 from cores.inference.devices import resolve_device, resolve_dtype
 from cores.inference.encoding_store import EncodingStore, ModelEncodings
+from cores.inference.fast_paths import FastPathConfig, FastPaths
+from cores.inference.image_keys import check_image, encoded_image_key, image_key
+from cores.inference.image_states import ImageState, PreparedInputs
 from cores.inference.images import load_image
-from cores.inference.refine import LevelPrompt, level_tokens
-from cores.inference.result import ChainResult, LevelResult, split_levels
+from cores.inference.refine import LevelPrompt, refine_chain
+from cores.inference.result import ChainResult, LevelResult, split_levels, stage_timings
 from cores.modeling.model import AllowedTokensFn, PrefixCache
 from cores.modeling.prompts import chain_answer, style_for_chain
 from cores.modeling.queries import MAX_QUERY_CHARS
@@ -41,38 +42,8 @@ from cores.modeling.vision import clip_pixels
 logger = logging.getLogger(__name__)
 
 MODES = ("answer", "generate")
-__all__ = ["MAX_QUERY_CHARS", "MODES", "CoresPipeline", "ImageState", "image_key", "load_image"]
-
-
-@dataclass
-class ImageState:
-    """Per-image work shared by every query: SAM embedding 1xCxGxG, projected CLIP tokens PxH."""
-
-    key: str
-    sam_input: SamInput
-    sam_embedding: torch.Tensor
-    clip_tokens: torch.Tensor
-
-    @property
-    def nbytes(self) -> int:
-        tensors = (self.sam_embedding, self.clip_tokens)
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        found = (getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__))
-        raise ImageError(f"expected an HxWx3 uint8 RGB array, found shape/dtype {found}")
-    if min(image.shape[:2]) < 1:
-        raise ImageError(f"image has no pixels: shape {image.shape}")
-    return np.ascontiguousarray(image)
-
-
-def image_key(image: np.ndarray) -> str:
-    """Content hash of an image array (shape + pixels)."""
-    digest = hashlib.sha256(str(image.shape).encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
+__all__ = ["MAX_QUERY_CHARS", "MODES", "CoresPipeline", "ImageState", "encoded_image_key", "image_key"]
+__all__ += ["load_image"]
 
 
 class CoresPipeline:
@@ -86,6 +57,10 @@ class CoresPipeline:
             in-context example) across queries.
         encoding_store: a persistent store of image encodings consulted before encoding an image that is
             not in memory, and filled after (``cores.inference.encoding_store``); None: memory only.
+        fast_paths: run the encoders, the language model and SAM's decoder through static-shape calls
+            (CUDA graphs on CUDA; see :mod:`cores.inference.fast_paths`); None runs them as they come.
+        micro_batch: most items ``segment_batch`` passes through the model at once (a larger batch runs
+            in micro-batches; see :mod:`cores.inference.memory`); None: all at once.
 
     SAM's attention kernel belongs to the loaded model, not to a pipeline (``load_checkpoint``'s
     ``sam_attention``): a pipeline never changes the model it is given.
@@ -99,6 +74,8 @@ class CoresPipeline:
         max_new_tokens: int = 64,
         prefix_cache: bool = True,
         encoding_store: EncodingStore | None = None,
+        fast_paths: FastPathConfig | None = None,
+        micro_batch: int | None = None,
     ):
         self.checkpoint = checkpoint
         self.model = checkpoint.model
@@ -113,6 +90,9 @@ class CoresPipeline:
         self.use_prefix_cache = prefix_cache
         self._prefix: PrefixCache | None = None
         self.encodings = ModelEncodings(encoding_store, self.model) if encoding_store is not None else None
+        self.fast = FastPaths(self.model, fast_paths) if fast_paths is not None else None
+        self.micro_batch = micro_batch
+        self._prepared = PreparedInputs()
 
     @classmethod
     def from_pretrained(
@@ -122,7 +102,7 @@ class CoresPipeline:
         device: str | None = None,
         dtype: str | None = None,
         vision_tower: str | None = None,
-        sam_attention: str = "sdpa",
+        sam_attention: str = "auto",
         **kwargs: Any,
     ) -> CoresPipeline:
         """Load a checkpoint folder or hub id (see :func:`cores.checkpoints.loading.load_checkpoint`)."""
@@ -145,6 +125,14 @@ class CoresPipeline:
         """Encode an HxWx3 uint8 RGB image with SAM and CLIP, or return the cached encodings."""
         return self.set_images([image])[0]
 
+    def prepare(self, image: np.ndarray, key: str) -> None:
+        """Resize ``image`` for SAM and CLIP now (from any thread: an image loader's pool), kept by ``key``
+        until the next encoding of that key uses it (at most ``MAX_PREPARED`` kept)."""
+        checked = check_image(image)
+        if key in self._cache:
+            return
+        self._prepared.put(key, self._inputs("", checked))
+
     def set_images(self, images: Sequence[np.ndarray], keys: Sequence[str] | None = None) -> list[ImageState]:
         """Encode several images; the ones not in the cache go through each encoder as one batch.
 
@@ -158,7 +146,7 @@ class CoresPipeline:
         self, images: Sequence[np.ndarray], given_keys: Sequence[str] | None = None
     ) -> tuple[list[ImageState], int]:
         """(states, number of cache hits)."""
-        checked = [_check_image(image) for image in images]
+        checked = [check_image(image) for image in images]
         if given_keys is not None and len(given_keys) != len(checked):
             raise ValueError(f"{len(given_keys)} image keys for {len(checked)} images")
         keys = list(given_keys) if given_keys is not None else [image_key(image) for image in checked]
@@ -173,10 +161,12 @@ class CoresPipeline:
                 encoded[key] = ImageState(key, sizes, *stored.tensors(self.device))
                 del fresh[key]
         if fresh:
-            sam_inputs = [prepare_sam_input(image, self._img_size) for image in fresh.values()]
-            sam = self.model.encode_sam(sam_batch(sam_inputs, self._img_size, self.device))
-            pixels = torch.cat([clip_pixels(self.checkpoint.image_processor, im) for im in fresh.values()])
-            clip = self.model.encode_clip(pixels)
+            ready = [self._inputs(key, image) for key, image in fresh.items()]
+            sam_inputs = [sam_input for sam_input, _ in ready]
+            encoders = self.fast or self.model
+            sam = encoders.encode_sam(sam_batch(sam_inputs, self._img_size, self.device))
+            pixels = torch.cat([clip for _, clip in ready])
+            clip = encoders.encode_clip(pixels)
             for i, (key, prepared) in enumerate(zip(fresh, sam_inputs, strict=True)):
                 encoded[key] = ImageState(key, prepared.sizes_only(), sam[i : i + 1], clip[i])
                 if self.encodings is not None:
@@ -191,6 +181,13 @@ class CoresPipeline:
         while len(self._cache) > 1 and sum(s.nbytes for s in self._cache.values()) > self.cache_bytes:
             self._cache.popitem(last=False)
         return states, len(keys) - sum(key in fresh for key in keys)
+
+    def _inputs(self, key: str, image: np.ndarray) -> tuple[SamInput, torch.Tensor]:
+        """SAM input and CLIP pixels of an image: prepared ahead (:meth:`prepare`) or now."""
+        held = self._prepared.take(key)
+        if held is not None:
+            return held
+        return prepare_sam_input(image, self._img_size), clip_pixels(self.checkpoint.image_processor, image)
 
     def clear_cache(self) -> None:
         """Forget every cached image encoding."""
@@ -229,8 +226,10 @@ class CoresPipeline:
         is_sentence: bool | None = None,
         mode: str = "answer",
         allowed_tokens: AllowedTokensFn | None = None,
+        key: str | None = None,
     ) -> ChainResult:
-        """Every chain level's mask for one query on one image.
+        """Every chain level's mask for one query on one image (its encodings cached under ``key``, e.g.
+        :func:`encoded_image_key`; None: the pixels' hash).
 
         Args:
             image: HxWx3 uint8 RGB.
@@ -244,9 +243,9 @@ class CoresPipeline:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         if mode == "answer":
-            return self.segment_batch([(image, query, is_sentence)])[0]
+            return self.segment_batch([(image, query, is_sentence)], None if key is None else [key])[0]
         start = time.perf_counter()
-        encodings, hit = self._encode([image])
+        encodings, hit = self._encode([image], None if key is None else [key])
         state = encodings[0]
         encoded = time.perf_counter()
         full_ids = self.prompt_ids(query, is_sentence=is_sentence, with_answer=False)
@@ -270,14 +269,22 @@ class CoresPipeline:
             )
         llm_done = time.perf_counter()
         result = self._masks([state], gen.chain_states.unsqueeze(0), [query], [text], "generate")[0]
-        result.timings.update(self._timings(start, encoded, llm_done, hit))
+        result.timings.update(stage_timings(start, encoded, llm_done, hit))
         return result
 
     @torch.no_grad()
-    def segment_batch(self, items: Sequence[tuple[np.ndarray, str, bool | None]]) -> list[ChainResult]:
-        """``answer`` mode for many (image, query, is_sentence) items: one language-model pass for all."""
+    def segment_batch(
+        self, items: Sequence[tuple[np.ndarray, str, bool | None]], keys: Sequence[str] | None = None
+    ) -> list[ChainResult]:
+        """``answer`` mode for many (image, query, is_sentence) items: one language-model pass per
+        micro-batch (all items when ``micro_batch`` is None). ``keys``: the images' cache keys, as in
+        :meth:`set_images`."""
+        step = self.micro_batch or len(items) or 1
+        if len(items) > step:
+            parts = [slice(i, i + step) for i in range(0, len(items), step)]
+            return [r for p in parts for r in self.segment_batch(items[p], keys[p] if keys else None)]
         start = time.perf_counter()
-        states, hits = self._encode([image for image, _, _ in items])
+        states, hits = self._encode([image for image, _, _ in items], keys)
         encoded = time.perf_counter()
         all_ids = [self.prompt_ids(q, is_sentence=s, with_answer=True) for _, q, s in items]
         prefix, all_ids = self._split_prefix(all_ids)
@@ -286,7 +293,10 @@ class CoresPipeline:
             e, x = self.model.embed_sequence(ids, state.clip_tokens)
             embeds.append(e)
             expanded.append(x)
-        hidden = self.model.hidden_states(embeds, prefix)
+        if self.fast is not None and prefix is not None:
+            hidden = self.fast.hidden_states(embeds, prefix)
+        else:
+            hidden = self.model.hidden_states(embeds, prefix)
         chain_states = torch.stack(
             [self.model.select_chain_states(h, x) for h, x in zip(hidden, expanded, strict=True)]
         )
@@ -294,7 +304,7 @@ class CoresPipeline:
         queries = [query for _, query, _ in items]
         results = self._masks(states, chain_states, queries, [self.answer] * len(items), "answer")
         for result in results:
-            result.timings.update(self._timings(start, encoded, llm_done, hits == len(items)))
+            result.timings.update(stage_timings(start, encoded, llm_done, hits == len(items)))
         return results
 
     @torch.no_grad()
@@ -306,6 +316,7 @@ class CoresPipeline:
         prompts: Mapping[int, LevelPrompt],
         *,
         text: str | None = None,
+        key: str | None = None,
     ) -> ChainResult:
         """Re-decode a query's chain with clicks and boxes (``cores.inference.refine``), without the
         language model: ``chain_embeddings`` is the NxC ``ChainResult.chain_embeddings`` of ``query`` on
@@ -316,21 +327,7 @@ class CoresPipeline:
             ImageError; PromptError for a level outside the chain, a point outside the image, or chain
             embeddings of the wrong shape.
         """
-        start = time.perf_counter()
-        states, hit = self._encode([image])
-        encoded = time.perf_counter()
-        levels, width = len(self.chain_tokens), self.model.sam.prompt_encoder.embed_dim
-        if tuple(chain_embeddings.shape) != (levels, width):
-            raise PromptError(
-                f"chain embeddings of shape {tuple(chain_embeddings.shape)}, expected ({levels}, {width})"
-            )
-        state = states[0]
-        encoder = self.model.sam.prompt_encoder
-        extra = level_tokens(encoder, prompts, levels, state.sam_input.original_size, self._img_size)
-        embeds = chain_embeddings.to(self.device, self.model.dtype).unsqueeze(0)
-        result = self._masks([state], None, [query], [text or self.answer], "refine", embeds, extra)[0]
-        result.timings.update(self._timings(start, encoded, encoded, hit == 1))
-        return result
+        return refine_chain(self, image, query, chain_embeddings, prompts, text=text, key=key)
 
     # --- helpers ------------------------------------------------------------------------------------
     def _split_prefix(self, all_ids: list[torch.Tensor]) -> tuple[PrefixCache | None, list[torch.Tensor]]:
@@ -367,7 +364,10 @@ class CoresPipeline:
             embeddings = self.model.seg_embeddings(chain_states)
         prompts = embeddings
         images = torch.cat([s.sam_embedding for s in states])
-        low_res, scores = self.model.decode_chain(images, prompts, extra_sparse)
+        if self.fast is not None and extra_sparse is None and chain_states is not None:
+            low_res, scores = self.fast.decode(images, chain_states)
+        else:
+            low_res, scores = self.model.decode_chain(images, prompts, extra_sparse)
         scores = scores.float().cpu()
         results = []
         for b, (state, query, text) in enumerate(zip(states, queries, texts, strict=True)):
@@ -392,12 +392,3 @@ class CoresPipeline:
             return decode_chain_text(self.tokenizer, ids)
         except ValueError as exc:
             raise ChainError(f"the model generated a token the tokenizer cannot decode: {exc}") from exc
-
-    @staticmethod
-    def _timings(start: float, encoded: float, llm_done: float, hit: bool | int) -> dict[str, float]:
-        return {
-            "encode_images": (encoded - start) * 1000,
-            "language_model": (llm_done - encoded) * 1000,
-            "total": (time.perf_counter() - start) * 1000,
-            "image_cache_hit": float(hit),
-        }

@@ -15,8 +15,10 @@ Points without a box get SAM's padding point (the prompt encoder adds it, as in 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +26,10 @@ from segment_anything.modeling import PromptEncoder
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from cores.errors import PromptError
+from cores.inference.result import ChainResult, stage_timings
+
+if TYPE_CHECKING:
+    from cores.inference.pipeline import CoresPipeline
 
 POSITIVE = 1
 NEGATIVE = 0
@@ -111,3 +117,35 @@ def level_tokens(
             raise PromptError(f"the chain has levels 1..{levels}; a click or box names level {level}")
         extra[level - 1] = prompt_tokens(encoder, prompt, original_size, img_size)
     return extra
+
+
+def refine_chain(
+    pipeline: CoresPipeline,
+    image: np.ndarray,
+    query: str,
+    chain_embeddings: torch.Tensor,
+    prompts: Mapping[int, LevelPrompt],
+    *,
+    text: str | None = None,
+    key: str | None = None,
+) -> ChainResult:
+    """``CoresPipeline.refine``: ``image``'s encodings (cached under ``key``, else its pixel hash), the
+    clicked levels' prompt tokens, then SAM's decoder chain from the given chain embeddings."""
+    start = time.perf_counter()
+    states, hit = pipeline._encode([image], None if key is None else [key])
+    encoded = time.perf_counter()
+    levels, width = len(pipeline.chain_tokens), pipeline.model.sam.prompt_encoder.embed_dim
+    if tuple(chain_embeddings.shape) != (levels, width):
+        raise PromptError(
+            f"chain embeddings of shape {tuple(chain_embeddings.shape)}, expected ({levels}, {width})"
+        )
+    state = states[0]
+    image_size = pipeline.model.sam.image_encoder.img_size
+    extra = level_tokens(
+        pipeline.model.sam.prompt_encoder, prompts, levels, state.sam_input.original_size, image_size
+    )
+    embeds = chain_embeddings.to(pipeline.device, pipeline.model.dtype).unsqueeze(0)
+    answer = text or pipeline.answer
+    result = pipeline._masks([state], None, [query], [answer], "refine", embeds, extra)[0]
+    result.timings.update(stage_timings(start, encoded, encoded, hit == 1))
+    return result

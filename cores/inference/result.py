@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,3 +96,14 @@ def split_levels(text: str, chain_tokens: tuple[str, ...]) -> list[str]:
         pieces.append(" ".join(text[cursor:end].split()))
         cursor = end
     return pieces
+
+
+def stage_timings(start: float, encoded: float, llm_done: float, hit: bool | int) -> dict[str, float]:
+    """A result's ``timings`` (ms) from ``time.perf_counter`` marks: image encoding, language model, total
+    (until now), and whether the image encodings were cached."""
+    return {
+        "encode_images": (encoded - start) * 1000,
+        "language_model": (llm_done - encoded) * 1000,
+        "total": (time.perf_counter() - start) * 1000,
+        "image_cache_hit": float(hit),
+    }

@@ -21,6 +21,7 @@ from transformers.cache_utils import DynamicLayer
 
 from cores.errors import ChainError
 from cores.modeling.refiner import TokenRefiner
+from cores.modeling.static_cache import read_only_cache
 from cores.modeling.tokenizer import IMAGE_TOKEN_ID
 
 #: ``allowed(generated_ids) -> allowed next ids or None`` constrains generation (like HF's
@@ -190,7 +191,7 @@ class CoresModel(nn.Module):
         last-layer post-norm hidden states.
 
         With ``prefix`` the sequences continue a cached prefix (their positions start at its length); the
-        returned states cover the sequences only.
+        returned states cover the sequences only. No keys/values are kept (``read_only_cache``).
         """
         lengths = [int(e.shape[0]) for e in embeds]
         batch = torch.nn.utils.rnn.pad_sequence(list(embeds), batch_first=True)
@@ -198,10 +199,12 @@ class CoresModel(nn.Module):
         mask = torch.zeros((batch.shape[0], past + batch.shape[1]), dtype=torch.long, device=batch.device)
         for row, length in enumerate(lengths):
             mask[row, : past + length] = 1
-        cache = self._cache_from(prefix, batch.shape[0])
-        out = self.llm.model(
-            inputs_embeds=batch, attention_mask=mask, cache=cache, use_cache=cache is not None
+        cache = (
+            read_only_cache(self.llm.config, prefix.keys, prefix.values, batch.shape[0])
+            if prefix is not None
+            else None
         )
+        out = self.llm.model(inputs_embeds=batch, attention_mask=mask, cache=cache, use_cache=False)
         return [out.last_hidden_state[row, :length] for row, length in enumerate(lengths)]
 
     def select_chain_states(self, hidden: torch.Tensor, expanded_ids: torch.Tensor) -> torch.Tensor:

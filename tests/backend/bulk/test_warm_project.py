@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import redis
 from rq import SimpleWorker
@@ -11,9 +13,9 @@ from backend.bulk.warm_project import warm_project
 from backend.cli import main
 from backend.jobs.worker import get_pipeline
 from backend.operations.settings import Settings
-from cores.inference.pipeline import image_key
+from cores.inference.image_keys import encoded_image_key
 from tests.backend.conftest import work
-from tests.backend.fake_label_studio import FakeLabelStudio, decode_png, png_bytes
+from tests.backend.fake_label_studio import FakeLabelStudio, png_bytes
 
 
 def _tasks(fake_ls: FakeLabelStudio) -> None:
@@ -39,7 +41,7 @@ def test_warm_encodes_every_image_once_and_resumes(
     encodings = get_pipeline().encodings
     assert encodings is not None
     for name in ("1/a.png", "1/b.png"):
-        assert encodings.contains(image_key(decode_png(fake_ls.images[name])))
+        assert encodings.contains(encoded_image_key(hashlib.sha256(fake_ls.images[name]).hexdigest()))
 
     again = warm_project(settings, redis_conn, 1, batch_size=2, progress=False, sleep=lambda _: work(worker))
     assert (again.warmed, again.stored) == (0, 2)  # resumable: stored images are not encoded again

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from backend.jobs.warm_requests import DEDUPE_PREFIX
 from backend.jobs.worker import get_pipeline
 from backend.label_studio.predictions import decode_prediction
 from backend.operations.settings import Settings
-from cores.inference.pipeline import image_key
+from cores.inference.image_keys import encoded_image_key
 from tests.backend.conftest import run_with_worker, work
 from tests.backend.fake_label_studio import data_uri, decode_png, png_bytes
 from tests.backend.payloads import predict_body
@@ -158,7 +159,9 @@ def test_opening_a_task_without_a_query_warms_its_image_once(
     assert job is not None
     assert job.return_value()["warmed"] == [9]
     assert pipe.encodings is not None
-    assert pipe.encodings.contains(image_key(decode_png(png)))  # in the persistent store
+    assert pipe.encodings.contains(
+        encoded_image_key(hashlib.sha256(png).hexdigest())
+    )  # in the persistent store
     assert pipe.encodings.store.root == settings.encoding_store_dir  # under MODEL_DIR
     calls: list[str] = []
     hook = pipe.model.sam.image_encoder.register_forward_hook(lambda *a: calls.append("sam"))
