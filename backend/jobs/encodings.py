@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend.operations.settings import Settings
@@ -11,13 +12,18 @@ if TYPE_CHECKING:
     from cores.inference.pipeline import CoresPipeline
 
 
+def encoding_store_dir(settings: Settings) -> Path:
+    """The persistent image-encoding store (``MODEL_DIR/cache/encodings``)."""
+    return settings.model_dir / "cache" / "encodings"
+
+
 def store_for(settings: Settings) -> EncodingStore | None:
     """The store under ``MODEL_DIR/cache/encodings`` bounded by ``ENCODING_STORE_BYTES``; None when 0."""
     if settings.encoding_store_bytes <= 0:
         return None
     from cores.inference.encoding_store import EncodingStore
 
-    return EncodingStore(settings.encoding_store_dir, settings.encoding_store_bytes)
+    return EncodingStore(encoding_store_dir(settings), settings.encoding_store_bytes)
 
 
 def use_store(pipeline: CoresPipeline, settings: Settings) -> None:

@@ -8,16 +8,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import redis
 from rq import get_current_job
 
 from backend.corrections.prediction_memory import RememberedPrediction, remember
 from backend.images.fetcher import FetchedImage, ImageFetchError
+from backend.jobs.chains import internal_error, run_chains
 from backend.jobs.delivery import Deliverer, finish_claim
 from backend.jobs.image_prefetch import ImagePrefetch, cache_key
 from backend.jobs.payloads import PredictRequest
@@ -34,7 +33,6 @@ from backend.operations.version_names import VersionError
 from backend.review.score import ReviewScore, review_score
 
 if TYPE_CHECKING:
-    from cores.inference.pipeline import CoresPipeline
     from cores.inference.result import ChainResult
 
 logger = logging.getLogger(__name__)
@@ -118,76 +116,6 @@ def predict_tasks(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_chains(
-    pipeline: CoresPipeline,
-    items: Sequence[tuple[np.ndarray, str]],
-    *,
-    mode: str,
-    batch_size: int,
-    keys: Sequence[str] | None = None,
-) -> list[ChainResult | TaskError]:
-    """Run the chain for every (image, query); a failing item gets a ``TaskError`` in its place.
-
-    ``answer`` mode runs ``segment_batch`` on groups of ``batch_size`` (one language-model pass each) and
-    falls back to one ``segment`` per item when a group fails, so one bad item does not sink the group.
-    ``generate`` mode runs ``segment`` per item. ``keys``: the images' cache keys (the encoded bytes'
-    digests, ``image_prefetch.cache_key``), used by the batched pass. Any exception of an item
-    (``QueryError``, ``ValueError``, ``UnicodeError``, anything) becomes that item's ``TaskError``; only
-    ``BaseException`` s that are not ``Exception`` s (a shutdown interrupt) pass through.
-    """
-    from cores.errors import CoresError
-
-    results: list[ChainResult | TaskError] = []
-    if mode == "answer" and len(items) > 1:
-        for start in range(0, len(items), batch_size):
-            group = items[start : start + batch_size]
-            try:
-                part = keys[start : start + batch_size] if keys is not None else None
-                results.extend(pipeline.segment_batch([(image, q, None) for image, q in group], part))
-                continue
-            except Exception as exc:  # one bad item must not sink the group: retry each alone
-                level = logging.INFO if isinstance(exc, CoresError) else logging.WARNING
-                logger.log(
-                    level,
-                    "batched pass failed (%s: %s); retrying its %d items one by one",
-                    type(exc).__name__,
-                    exc,
-                    len(group),
-                )
-            part_keys = keys[start : start + batch_size] if keys is not None else [None] * len(group)
-            results.extend(
-                _segment_one(pipeline, image, query, mode, key)
-                for (image, query), key in zip(group, part_keys, strict=True)
-            )
-        return results
-    each = keys if keys is not None else [None] * len(items)
-    return [
-        _segment_one(pipeline, image, query, mode, key)
-        for (image, query), key in zip(items, each, strict=True)
-    ]
-
-
-def _segment_one(
-    pipeline: CoresPipeline, image: np.ndarray, query: str, mode: str, key: str | None = None
-) -> ChainResult | TaskError:
-    from cores.errors import CoresError, QueryError
-
-    try:
-        return pipeline.segment(image, query, mode=mode, key=key)
-    except QueryError as exc:
-        return TaskError("query", f"the model rejected the query: {exc}")
-    except CoresError as exc:
-        return TaskError("model", f"the model could not answer: {exc}")
-    except Exception as exc:
-        logger.exception("the chain raised on one task (query %r)", query[:80])
-        return _internal(exc)
-
-
-def _internal(exc: Exception) -> TaskError:
-    """The per-task error for an unexpected exception (its type and message; the log has the traceback)."""
-    return TaskError("internal", f"predicting this task failed: {type(exc).__name__}: {str(exc)[:300]}")
-
-
 def _predict_groups(
     context: WorkerContext,
     request: PredictRequest,
@@ -265,7 +193,7 @@ def _fetch_images(
             logger.warning("task %s: %s", task.id, exc)
         except Exception as exc:  # a URL no rule foresaw: this task's error, never the job's
             logger.exception("task %s: fetching its image raised", task.id)
-            slots[i] = error_element(_internal(exc).to_json(task.id), request.model_version)
+            slots[i] = error_element(internal_error(exc).to_json(task.id), request.model_version)
     return images
 
 
@@ -304,7 +232,7 @@ def _format(
         return error_element(TaskError("label_config", str(exc)).to_json(task.id), request.model_version)
     except Exception as exc:
         logger.exception("task %s: formatting its prediction raised", task.id)
-        return error_element(_internal(exc).to_json(task.id), request.model_version)
+        return error_element(internal_error(exc).to_json(task.id), request.model_version)
 
 
 def _remember(

@@ -336,11 +336,6 @@ class Settings:
         """Where the worker caches downloaded image bytes (``model_dir/cache/images``)."""
         return self.model_dir / "cache" / "images"
 
-    @property
-    def encoding_store_dir(self) -> Path:
-        """The persistent image-encoding store (``model_dir/cache/encodings``)."""
-        return self.model_dir / "cache" / "encodings"
-
     def to_env(self) -> dict[str, str]:
         """The environment variables that reproduce these settings (for child processes)."""
         env = {

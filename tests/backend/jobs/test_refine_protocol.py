@@ -18,6 +18,7 @@ from rq import SimpleWorker, Worker
 from backend.jobs import queues
 from backend.jobs.chain_cache import KEY_PREFIX
 from backend.jobs.embedded import REPO_ROOT
+from backend.jobs.encodings import encoding_store_dir
 from backend.jobs.refinement import CHAINS, level_prompts
 from backend.jobs.warm_requests import DEDUPE_PREFIX
 from backend.jobs.worker import get_pipeline
@@ -162,7 +163,7 @@ def test_opening_a_task_without_a_query_warms_its_image_once(
     assert pipe.encodings.contains(
         encoded_image_key(hashlib.sha256(png).hexdigest())
     )  # in the persistent store
-    assert pipe.encodings.store.root == settings.encoding_store_dir  # under MODEL_DIR
+    assert pipe.encodings.store.root == encoding_store_dir(settings)  # under MODEL_DIR
     calls: list[str] = []
     hook = pipe.model.sam.image_encoder.register_forward_hook(lambda *a: calls.append("sam"))
     try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.jobs.encodings import encoding_store_dir
 from backend.operations.settings import Settings, SettingsError
 from backend.versions.serving import demo_checkpoint_dir, ensure_checkpoint, model_version
 
@@ -124,7 +125,7 @@ def test_encoding_store_and_warm_settings(tmp_path: Path) -> None:
     )
     assert settings.encoding_store_bytes == 1000
     assert settings.warm_encoders is False
-    assert settings.encoding_store_dir == tmp_path / "cache" / "encodings"
+    assert encoding_store_dir(settings) == tmp_path / "cache" / "encodings"
     assert Settings.from_env(settings.to_env()) == settings
     assert Settings.from_env({}).warm_encoders is True
     with pytest.raises(SettingsError, match="ENCODING_STORE_BYTES"):
