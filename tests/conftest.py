@@ -3,6 +3,7 @@ reference environment of the trained stack (``.venv-ref``)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,3 +74,14 @@ def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
     finally:
         conn.flushdb()
         conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Each test leaves the root logger as it found it: a command run in-process (``report``, ``review``,
+    ``versions``) installs a stderr handler bound to that test's captured stream, which pytest closes."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -160,15 +160,14 @@ def test_opening_a_task_without_a_query_warms_its_image_once(
     assert job is not None
     assert job.return_value()["warmed"] == [9]
     assert pipe.encodings is not None
-    assert pipe.encodings.contains(
-        encoded_image_key(hashlib.sha256(png).hexdigest())
-    )  # in the persistent store
+    key = encoded_image_key(hashlib.sha256(png).hexdigest())  # the key jobs look a fetched image up by
+    assert pipe.encodings.contains(key)  # in the persistent store
     assert pipe.encodings.store.root == encoding_store_dir(settings)  # under MODEL_DIR
     calls: list[str] = []
     hook = pipe.model.sam.image_encoder.register_forward_hook(lambda *a: calls.append("sam"))
     try:
         with torch.no_grad():
-            result = pipe.segment(decode_png(png), QUERY)  # the annotator's first query
+            result = pipe.segment(decode_png(png), QUERY, key=key)  # the annotator's first query
     finally:
         hook.remove()
     assert calls == []
