@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,13 +27,13 @@ from backend.label_studio.connection import LabelStudioConnection
 from backend.label_studio.label_config import SegmentationSchema, parse_label_config
 from backend.label_studio.queries import check_query, resolve_image_url
 from backend.label_studio.task_errors import TaskError
+from backend.label_studio.task_pages import iter_tasks
 from backend.operations.settings import Settings
 from backend.operations.version_names import VersionError
 from backend.versions.serving import served_version
 
 logger = logging.getLogger(__name__)
 
-PAGE_SIZE = 100
 QUEUE_RETRY_S = 2.0
 
 
@@ -43,12 +43,9 @@ class PreannotateError(RuntimeError):
 
 
 @dataclass
-class PreannotateSummary:
-    """Task counts of a run, and one message per failed task (``"task 7: ..."``)."""
+class TaskFailures:
+    """How many tasks of a run failed, and one message per failed task (``"task 7: ..."``)."""
 
-    total: int = 0
-    done: int = 0
-    skipped: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -57,18 +54,37 @@ class PreannotateSummary:
         self.errors.append(f"task {task_id}: {message}")
 
 
-def iter_tasks(client: Any, project: int, page_size: int = PAGE_SIZE) -> Iterator[Any]:
-    """Every task of ``project``, page by page (stops at the reported total)."""
-    page, seen = 1, 0
-    while True:
-        pager = client.tasks.list(project=project, page=page, page_size=page_size)
-        items = list(pager.items or [])
-        yield from items
-        seen += len(items)
-        total = getattr(pager.response, "total", None)
-        if not items or (total is not None and seen >= total):
-            return
-        page += 1
+@dataclass
+class PreannotateSummary(TaskFailures):
+    """Task counts of a pre-annotation run and its failures."""
+
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+
+
+def project_for_run(
+    settings: Settings, project: int, client: Any, what: str
+) -> tuple[Any, str, SegmentationSchema]:
+    """(client, served version, labeling-config schema) for a run over ``project``'s tasks; the client
+    from ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` when None. ``what``: the run, for the error.
+
+    Raises:
+        PreannotateError: no credentials, a missing model version, a labeling config the backend cannot use.
+    """
+    if client is None:
+        if not settings.label_studio_url or not settings.label_studio_api_key:
+            raise PreannotateError(f"set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to {what}")
+        client = LabelStudioConnection(settings.label_studio_url, settings.label_studio_api_key).client()
+    try:
+        version = served_version(settings, project=project).name
+    except VersionError as exc:
+        raise PreannotateError(str(exc)) from exc
+    try:
+        schema = parse_label_config(client.projects.get(id=project).label_config or "")
+    except ValueError as exc:
+        raise PreannotateError(f"project {project}: {exc}") from exc
+    return client, version, schema
 
 
 def task_query(task_data: Mapping[str, Any], query: str | None, query_field: str | None) -> str:
@@ -109,19 +125,7 @@ def preannotate(
         PreannotateError: no Label Studio credentials, a config the backend cannot use, no query source.
         queues.QueueUnavailableError: Redis is unreachable.
     """
-    if client is None:
-        if not settings.label_studio_url or not settings.label_studio_api_key:
-            raise PreannotateError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to pre-annotate a project")
-        client = LabelStudioConnection(settings.label_studio_url, settings.label_studio_api_key).client()
-    try:
-        version = served_version(settings, project=project).name
-    except VersionError as exc:
-        raise PreannotateError(str(exc)) from exc
-    details = client.projects.get(id=project)
-    try:
-        schema = parse_label_config(details.label_config or "")
-    except ValueError as exc:
-        raise PreannotateError(f"project {project}: {exc}") from exc
+    client, version, schema = project_for_run(settings, project, client, "pre-annotate a project")
     field_name = query_field or schema.query_field
     if query is None and field_name is None:
         raise PreannotateError(

@@ -14,21 +14,18 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from tqdm import tqdm
 
-from backend.bulk.preannotate import PreannotateError, iter_tasks
+from backend.bulk.preannotate import PreannotateError, TaskFailures, project_for_run
 from backend.jobs import queues
-from backend.label_studio.connection import LabelStudioConnection
-from backend.label_studio.label_config import parse_label_config
 from backend.label_studio.queries import resolve_image_url
 from backend.label_studio.task_errors import TaskError
+from backend.label_studio.task_pages import iter_tasks
 from backend.operations.settings import Settings
-from backend.operations.version_names import VersionError
-from backend.versions.serving import served_version
 
 logger = logging.getLogger(__name__)
 
@@ -37,18 +34,12 @@ QUEUE_RETRY_S = 2.0
 
 
 @dataclass
-class WarmSummary:
-    """Image counts of a warm run, and one message per failed task."""
+class WarmSummary(TaskFailures):
+    """Image counts of a warm run and its failures."""
 
     total: int = 0
     warmed: int = 0
     stored: int = 0
-    failed: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def fail(self, task_id: Any, message: str) -> None:
-        self.failed += 1
-        self.errors.append(f"task {task_id}: {message}")
 
 
 def warm_project(
@@ -70,18 +61,7 @@ def warm_project(
     """
     if settings.encoding_store_bytes <= 0:
         raise PreannotateError("ENCODING_STORE_BYTES=0 turns the encoding store off: nothing to warm into")
-    if client is None:
-        if not settings.label_studio_url or not settings.label_studio_api_key:
-            raise PreannotateError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to warm a project")
-        client = LabelStudioConnection(settings.label_studio_url, settings.label_studio_api_key).client()
-    try:
-        version = served_version(settings, project=project).name
-    except VersionError as exc:
-        raise PreannotateError(str(exc)) from exc
-    try:
-        schema = parse_label_config(client.projects.get(id=project).label_config or "")
-    except ValueError as exc:
-        raise PreannotateError(f"project {project}: {exc}") from exc
+    client, version, schema = project_for_run(settings, project, client, "warm a project")
 
     summary = WarmSummary()
     todo: list[dict[str, Any]] = []

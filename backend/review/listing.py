@@ -6,7 +6,7 @@ annotation are left out unless asked for."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,11 +15,11 @@ import redis
 
 from backend.corrections.prediction_memory import recall_project
 from backend.corrections.records import utc_iso
+from backend.label_studio.task_pages import iter_tasks
 from backend.review.score import ReviewScore
 
 logger = logging.getLogger(__name__)
 
-PAGE_SIZE = 100
 UNSCORED = "no review score (predicted before review scoring, or by another model): its own score is used"
 
 
@@ -115,23 +115,10 @@ def from_memory(connection: redis.Redis, project: int) -> dict[int, ReviewItem]:
 def annotated_tasks(client: Any, project: int) -> set[int]:
     """Ids of the tasks of ``project`` that have at least one annotation."""
     done: set[int] = set()
-    for task in _iter_tasks(client, project):
+    for task in iter_tasks(client, project):
         if (getattr(task, "total_annotations", 0) or 0) > 0 or getattr(task, "is_labeled", False):
             done.add(int(task.id))
     return done
-
-
-def _iter_tasks(client: Any, project: int) -> Iterator[Any]:
-    page, seen = 1, 0
-    while True:
-        pager = client.tasks.list(project=project, page=page, page_size=PAGE_SIZE)
-        items = list(pager.items or [])
-        yield from items
-        seen += len(items)
-        total = getattr(pager.response, "total", None)
-        if not items or (total is not None and seen >= total):
-            return
-        page += 1
 
 
 def most_in_need(
