@@ -32,8 +32,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from typing import Any
 
 from backend.jobs.queues import QUEUE_NAMES, QueueUnavailableError
 from backend.operations.command_line import label_studio_id
@@ -220,39 +221,52 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _warm(settings: Settings, args: argparse.Namespace) -> int:
-    from backend.bulk.preannotate import PreannotateError
     from backend.bulk.warm_project import warm_project
-    from backend.jobs.embedded import embedded_queue
-    from backend.versions.serving import ensure_checkpoint
 
-    if args.batch_size < 1:
-        print("error: --batch-size must be >= 1", file=sys.stderr)
-        return EXIT_USAGE
-    with ExitStack() as stack:
-        if settings.redis_url is None:
-            settings, _ = stack.enter_context(embedded_queue(ensure_checkpoint(settings)))
-        try:
-            summary = warm_project(
-                settings,
-                connect(settings),
-                args.project,
-                batch_size=args.batch_size,
-                progress=not args.no_progress,
-            )
-        except (PreannotateError, QueueUnavailableError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    for line in summary.errors:
-        print(f"failed: {line}")
-    print(
-        f"project {args.project}: {summary.total} tasks, {summary.warmed} images encoded, "
-        f"{summary.stored} already stored, {summary.failed} failed"
+    return _over_project(
+        settings,
+        args,
+        lambda run_settings, connection: warm_project(
+            run_settings, connection, args.project, batch_size=args.batch_size, progress=not args.no_progress
+        ),
+        lambda summary: (
+            f"{summary.total} tasks, {summary.warmed} images encoded, "
+            f"{summary.stored} already stored, {summary.failed} failed"
+        ),
     )
-    return 1 if summary.failed else 0
 
 
 def _preannotate(settings: Settings, args: argparse.Namespace) -> int:
-    from backend.bulk.preannotate import PreannotateError, preannotate
+    from backend.bulk.preannotate import preannotate
+
+    return _over_project(
+        settings,
+        args,
+        lambda run_settings, connection: preannotate(
+            run_settings,
+            connection,
+            args.project,
+            query=args.query,
+            query_field=args.query_field,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        ),
+        lambda summary: (
+            f"{summary.total} tasks, {summary.done} done, "
+            f"{summary.skipped} skipped (already predicted), {summary.failed} failed"
+        ),
+    )
+
+
+def _over_project(
+    settings: Settings,
+    args: argparse.Namespace,
+    run: Callable[[Settings, Any], Any],
+    describe: Callable[[Any], str],
+) -> int:
+    """A command over one project's tasks (``preannotate``, ``warm``): an embedded Redis and worker when
+    ``REDIS_URL`` is unset, one ``failed:`` line per failed task, a summary line; exit 1 if any failed."""
+    from backend.bulk.preannotate import PreannotateError
     from backend.jobs.embedded import embedded_queue
     from backend.versions.serving import ensure_checkpoint
 
@@ -263,22 +277,11 @@ def _preannotate(settings: Settings, args: argparse.Namespace) -> int:
         if settings.redis_url is None:
             settings, _ = stack.enter_context(embedded_queue(ensure_checkpoint(settings)))
         try:
-            summary = preannotate(
-                settings,
-                connect(settings),
-                args.project,
-                query=args.query,
-                query_field=args.query_field,
-                batch_size=args.batch_size,
-                progress=not args.no_progress,
-            )
+            summary = run(settings, connect(settings))
         except (PreannotateError, QueueUnavailableError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     for line in summary.errors:
         print(f"failed: {line}")
-    print(
-        f"project {args.project}: {summary.total} tasks, {summary.done} done, "
-        f"{summary.skipped} skipped (already predicted), {summary.failed} failed"
-    )
+    print(f"project {args.project}: {describe(summary)}")
     return 1 if summary.failed else 0
