@@ -167,8 +167,9 @@ def preannotate(
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
             request = _request(chunk, schema, version, settings, project)
-            job_id = _enqueue_when_room(
-                connection, settings, request, f"preannotate project {project}", sleep
+            description = f"preannotate project {project}"
+            job_id = enqueue_when_room(
+                connection, settings, queues.BULK, queues.PREDICT_JOB, request.to_json(), description, sleep
             )
             jobs[job_id] = chunk
             _collect(connection, jobs, summary, bar)
@@ -194,25 +195,20 @@ def _request(
     )
 
 
-def _enqueue_when_room(
+def enqueue_when_room(
     connection: redis.Redis,
     settings: Settings,
-    request: PredictRequest,
+    queue: str,
+    func: str,
+    payload: dict[str, Any],
     description: str,
     sleep: Callable[[float], object],
 ) -> str:
+    """Enqueue ``func(payload)`` on ``queue``, waiting ``QUEUE_RETRY_S`` while it is full; the job id."""
     job_id = uuid.uuid4().hex
     while True:
         try:
-            queues.enqueue(
-                connection,
-                settings,
-                queues.BULK,
-                queues.PREDICT_JOB,
-                request.to_json(),
-                job_id=job_id,
-                description=description,
-            )
+            queues.enqueue(connection, settings, queue, func, payload, job_id=job_id, description=description)
             return job_id
         except queues.QueueFull as exc:
             logger.info("%s; waiting", exc)

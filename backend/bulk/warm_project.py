@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import redis
 from tqdm import tqdm
 
-from backend.bulk.preannotate import PreannotateError, TaskFailures, project_for_run
+from backend.bulk.preannotate import PreannotateError, TaskFailures, enqueue_when_room, project_for_run
 from backend.jobs import queues
 from backend.label_studio.queries import resolve_image_url
 from backend.label_studio.task_errors import TaskError
@@ -30,7 +29,6 @@ from backend.operations.settings import Settings
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 16
-QUEUE_RETRY_S = 2.0
 
 
 @dataclass
@@ -79,7 +77,11 @@ def warm_project(
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             request = {"images": chunk, "model_version": version, "project": project}
-            jobs[_enqueue_when_room(connection, settings, request, project, sleep)] = chunk
+            description = f"warm project {project}: {len(chunk)} image(s)"
+            job_id = enqueue_when_room(
+                connection, settings, queues.WARM, queues.WARM_JOB, request, description, sleep
+            )
+            jobs[job_id] = chunk
             _collect(connection, jobs, summary, bar)
         while jobs:
             sleep(poll_s)
@@ -87,31 +89,6 @@ def warm_project(
     finally:
         bar.close()
     return summary
-
-
-def _enqueue_when_room(
-    connection: redis.Redis,
-    settings: Settings,
-    request: dict[str, Any],
-    project: int,
-    sleep: Callable[[float], object],
-) -> str:
-    job_id = uuid.uuid4().hex
-    while True:
-        try:
-            queues.enqueue(
-                connection,
-                settings,
-                queues.WARM,
-                queues.WARM_JOB,
-                request,
-                job_id=job_id,
-                description=f"warm project {project}: {len(request['images'])} image(s)",
-            )
-            return job_id
-        except queues.QueueFull as exc:
-            logger.info("%s; waiting", exc)
-            sleep(QUEUE_RETRY_S)
 
 
 def _collect(
