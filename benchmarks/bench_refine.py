@@ -64,7 +64,7 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def _worker_click(pipe: CoresPipeline, image: np.ndarray, task: TaskInput) -> None:
-    chain = refine_task(pipe, None, "bench", image, task, 0)
+    chain = refine_task(pipe, None, "bench", image, image_key(image), task, 0)
     assert not isinstance(chain, Exception), chain
     levels = [
         {"index": lv.index, "token": lv.token, "mask": lv.mask, "score": lv.score, "text": lv.text}
