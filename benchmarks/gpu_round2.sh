@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The round-2 GPU benchmark in one run: LLaMA-7B + CLIP ViT-L/14 + SAM ViT-H with random weights built on
 # the GPU in bf16 (no checkpoint needed), the fast (eager), graphs (static shapes + CUDA graphs) and
-# baseline paths in one process, brush RLE on smooth masks (CPU), then the graphs path with SAM's encoder
-# compiled. Writes JSON under docs/ (bench-round2-7b.json, bench-round2-rle.json,
+# baseline paths in one process, a click vs a query and a warmed vs a cold first query
+# (benchmarks/bench_refine.py), brush RLE on smooth masks (CPU), then the graphs path with SAM's encoder
+# compiled. Writes JSON under docs/ (bench-round2-7b.json, bench-round2-refine.json, bench-round2-rle.json,
 # bench-round2-7b-compiled.json).
 #
 #   bash benchmarks/gpu_round2.sh              # on a GPU machine; two steps, < 12 minutes in all
@@ -20,12 +21,14 @@ if [[ "${1:-}" == "--tiny" ]]; then
     COMMON=(--size tiny --device cpu --image-size 96x128 --repeats 4)
     STEP1=(--batch-sizes 1,4 --buckets 1,2,4)
     STEP2=(--batch-sizes 1,4 --buckets 1,4)
+    REFINE=(--size tiny --device cpu --dtype float32 --repeats 2 --image-size 96x128)
     BUDGET_S=${BUDGET_S_TINY:-300}
 else
     OUT_DIR=docs
     COMMON=(--size 7b --device cuda --dtype bfloat16 --repeats 50)
     STEP1=(--batch-sizes 1,8,16,32 --buckets 1,2,4,8,16,32)
     STEP2=(--batch-sizes 1,8,32 --buckets 1,8,32)
+    REFINE=(--size 7b --device cuda --dtype bfloat16 --repeats 20 --image-size 768x1024)
     "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
 fi
 mkdir -p "$OUT_DIR"
@@ -33,6 +36,9 @@ started=$(date +%s)
 echo "== step 1: fast, graphs, baseline"
 timeout --signal=INT "$((BUDGET_S * 6 / 10))" "$PYTHON" -m cores.bench "${COMMON[@]}" "${STEP1[@]}" \
     --json "$OUT_DIR/bench-round2-7b.json"
+echo "== click vs query, warmed vs cold first query"
+timeout --signal=INT "$((BUDGET_S * 15 / 100))" "$PYTHON" benchmarks/bench_refine.py "${REFINE[@]}" \
+    --json "$OUT_DIR/bench-round2-refine.json"
 echo "== brush RLE on smooth masks (CPU)"
 "$PYTHON" benchmarks/bench_rle.py --sdk-repeats 1 --json "$OUT_DIR/bench-round2-rle.json"
 left=$((BUDGET_S - ($(date +%s) - started)))

@@ -36,5 +36,6 @@ def test_the_gpu_script_runs_at_tiny_size(tmp_path: Path) -> None:
     assert first["fast_vs_baseline_masks"]["min_iou"] == 1.0  # float32 on the CPU: identical masks
     assert first["fast"]["bulk"]["4"]["images_per_s"] > 0
     assert json.loads((tmp_path / "bench-round2-rle.json").read_text())  # brush RLE on smooth masks
+    assert json.loads((tmp_path / "bench-round2-refine.json").read_text())  # click vs query, warm vs cold
     assert "baseline" not in second
     assert second["graphs"]["bulk"]["4"]["images_per_s"] > 0
